@@ -1,0 +1,186 @@
+"""`livepost`: serve, migrate, and user and post commands through the same services."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+from typing import Any
+
+from app.config import ConfigError, Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    settings = Settings()
+    try:
+        return int(args.run(settings, args) or 0)
+    except ConfigError as error:
+        print(f"livepost: {error}", file=sys.stderr)
+        return 2
+    except CommandError as error:
+        print(f"livepost: {error}", file=sys.stderr)
+        return 1
+
+
+class CommandError(Exception):
+    """A command that cannot do what was asked; printed without a traceback."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="livepost", description=__doc__)
+    commands = parser.add_subparsers(title="commands")
+
+    serve = commands.add_parser("serve", help="apply migrations, then run uvicorn")
+    serve.add_argument("--host", help="default: HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: PORT or 8000")
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--no-migrate", action="store_true", help="skip `alembic upgrade head`")
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="alembic upgrade head")
+    migrate.set_defaults(run=_migrate)
+
+    user = commands.add_parser("user", help="manage users").add_subparsers(title="user commands")
+    create_user = user.add_parser("create", help="register a user")
+    create_user.add_argument("username")
+    create_user.add_argument("--password", help="default: prompt (or LIVEPOST_PASSWORD)")
+    create_user.set_defaults(run=_user_create)
+    token = user.add_parser("token", help="print a bearer token for a user")
+    token.add_argument("username")
+    token.set_defaults(run=_user_token)
+
+    post = commands.add_parser("post", help="write posts").add_subparsers(title="post commands")
+    create = post.add_parser("create", help="create a post as --user")
+    create.add_argument("--user", required=True)
+    create.add_argument("--body", required=True)
+    create.set_defaults(run=_post_write, operation="create")
+    edit = post.add_parser("edit", help="replace the body of your post")
+    edit.add_argument("--user", required=True)
+    edit.add_argument("--pk", type=int, required=True)
+    edit.add_argument("--body", required=True)
+    edit.set_defaults(run=_post_write, operation="edit")
+    delete = post.add_parser("delete", help="delete your post")
+    delete.add_argument("--user", required=True)
+    delete.add_argument("--pk", type=int, required=True)
+    delete.set_defaults(run=_post_write, operation="delete")
+    listing = post.add_parser("list", help="newest posts first")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--contains", default=None)
+    listing.set_defaults(run=_post_list)
+    return parser
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.workers > 1 and not settings.redis_url:
+        raise CommandError(
+            f"--workers {args.workers} needs REDIS_URL: with the in-process broker each worker "
+            "would only see its own writes, and subscribers would miss the others' events."
+        )
+    settings.secret  # noqa: B018  (fail now, not in every worker, when no secret is set)
+    if not args.no_migrate:
+        _migrate(settings, args)
+    uvicorn.run(
+        "app.main:app",
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=args.workers,
+        log_level=settings.log_level,
+        ws_max_size=1 << 20,
+    )
+    return 0
+
+
+def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    from app.migrations import upgrade_to_head
+
+    upgrade_to_head(settings.database_url)
+    return 0
+
+
+def _user_create(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from app.models import UserCreate
+
+    password = args.password or os.environ.get("LIVEPOST_PASSWORD") or getpass.getpass()
+    try:
+        user = UserCreate(username=args.username, password=password)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    user_id = asyncio.run(_user_create_async(settings, user.username, user.password))
+    _print({"id": user_id, "username": user.username})
+    return 0
+
+
+async def _user_create_async(settings: Settings, username: str, password: str) -> int:
+    from app.accounts.service import UsernameTaken
+    from app.runtime import Runtime
+
+    runtime = await Runtime.start(settings)
+    try:
+        return await runtime.accounts.register(username, password)
+    except UsernameTaken:
+        raise CommandError(f"username {username!r} is taken") from None
+    finally:
+        await runtime.close()
+
+
+def _user_token(settings: Settings, args: argparse.Namespace) -> int:
+    async def token() -> str:
+        from app.runtime import Runtime
+
+        runtime = await Runtime.start(settings)
+        try:
+            user_id = await runtime.accounts.user_id_by_name(args.username)
+            if user_id is None:
+                raise CommandError(f"no user {args.username!r}")
+            return runtime.accounts.token_for(user_id)
+        finally:
+            await runtime.close()
+
+    print(asyncio.run(token()))
+    return 0
+
+
+def _post_write(settings: Settings, args: argparse.Namespace) -> int:
+    from app.cli.writes import write_post
+
+    pk = None if args.operation == "create" else args.pk
+    result = asyncio.run(
+        write_post(settings, args.operation, args.user, pk, getattr(args, "body", None))
+    )
+    if result is not None:
+        _print(result)
+    return 0
+
+
+def _post_list(settings: Settings, args: argparse.Namespace) -> int:
+    async def listing() -> list[dict[str, Any]]:
+        from app.runtime import Runtime
+
+        runtime = await Runtime.start(settings)
+        try:
+            return await runtime.posts.list(body_contains=args.contains, limit=args.limit)
+        finally:
+            await runtime.close()
+
+    for post in asyncio.run(listing()):
+        _print(post)
+    return 0
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Settings from the environment; defaults are the embedded stack (SQLite + in-process broker)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(RuntimeError):
+    """Settings that cannot run: raised before the service starts."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    database_url: str = "sqlite+aiosqlite:///./livepost.db"
+    redis_url: str | None = None
+    jwt_secret: str | None = None
+    jwt_secret_file: str = ".livepost-secret"
+    token_lifetime_minutes: int = 60 * 24
+    host: str = "127.0.0.1"
+    port: int = 8000
+    channel_prefix: str = "livepost"
+    # Per-connection outgoing queue; a client that lets it fill is closed (1013).
+    ws_queue_size: int = 2048
+    db_pool_size: int = 10
+    log_level: str = "info"
+    # Where the CLI finds a running server (default: http://HOST:PORT).
+    server_url: str | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, url: str) -> str:
+        """Accept plain URLs (postgresql://, sqlite://) and pick the async driver."""
+        for plain, driver in (
+            ("postgres://", "postgresql+asyncpg://"),
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(plain):
+                return driver + url[len(plain) :]
+        return url
+
+    @field_validator("redis_url")
+    @classmethod
+    def _empty_is_unset(cls, url: str | None) -> str | None:
+        return url or None
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def embedded(self) -> bool:
+        """The one-command default: a local SQLite file, no servers to configure."""
+        return self.is_sqlite
+
+    @cached_property
+    def secret(self) -> str:
+        """The JWT signing key: configured, or on the embedded default kept in a local file."""
+        if self.jwt_secret:
+            return self.jwt_secret
+        if not self.embedded:
+            raise ConfigError(
+                "JWT_SECRET is not set. Outside the embedded SQLite default livepost refuses to "
+                "start without a signing secret (e.g. JWT_SECRET=$(openssl rand -hex 32))."
+            )
+        return _load_or_create_secret(Path(self.jwt_secret_file))
+
+
+def _load_or_create_secret(path: Path) -> str:
+    """Read the local secret, creating it atomically (O_EXCL) so concurrent starts agree."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        value = path.read_text().strip()
+        if value:
+            return value
+        raise ConfigError(f"{path} exists but is empty; delete it or set JWT_SECRET") from None
+    value = secrets.token_hex(32)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value

@@ -1,0 +1,60 @@
+"""Database engines: asyncpg on PostgreSQL, aiosqlite on SQLite, each tuned for its engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from app.config import Settings
+
+SQLITE_BEGIN = "sqlite_begin"
+
+
+def make_engine(settings: Settings) -> AsyncEngine:
+    """Build the engine for settings.database_url."""
+    if settings.is_sqlite:
+        engine = create_async_engine(settings.database_url, connect_args={"timeout": 30})
+        _tune_sqlite(engine)
+        return engine
+    return create_async_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_pre_ping=True,
+    )
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    """WAL, foreign keys and explicit BEGIN so a write transaction can take the lock up front."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The driver's own implicit BEGIN would defer the write lock; we emit BEGIN ourselves.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+        # SQLite's lower() folds ASCII only; body_contains must be case-insensitive for all text.
+        dbapi_connection.create_function("lp_lower", 1, _lower, deterministic=True)
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        mode = connection.get_execution_options().get(SQLITE_BEGIN, "DEFERRED")
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _lower(value: str | None) -> str | None:
+    return None if value is None else value.lower()
+
+
+async def begin_write(connection: AsyncConnection) -> AsyncConnection:
+    """Mark a connection for a read-then-write transaction.
+
+    On SQLite that is BEGIN IMMEDIATE: a deferred transaction that reads the old row and then
+    writes would fail with SQLITE_BUSY when another writer got in between.
+    """
+    return await connection.execution_options(**{SQLITE_BEGIN: "IMMEDIATE"})

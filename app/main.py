@@ -1,0 +1,43 @@
+"""The ASGI application: `create_app(settings)`; `app` exists only for `uvicorn app.main:app`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.runtime import Runtime
+from app.transport import health, rest_auth, rest_posts, ws
+
+DESCRIPTION = """
+Realtime posts over WebSocket (`/ws`, DCRF's action protocol) with REST mirrors of every action.
+Every committed write is fanned out as create/update/delete events to subscribers of its hashtags.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; its lifespan builds and closes the worker's runtime."""
+    resolved = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logging.basicConfig(level=resolved.log_level.upper())
+        runtime = await Runtime.start(resolved)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(title="livepost", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.include_router(rest_auth.router)
+    app.include_router(rest_posts.router)
+    app.include_router(health.router)
+    app.include_router(ws.router)
+    return app
+
+
+app = create_app()

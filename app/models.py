@@ -1,0 +1,124 @@
+"""The SQLModel family: tables (User, Post) and the public shapes a client sees."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, Integer, String
+from sqlmodel import Field, SQLModel
+from sqlmodel._compat import SQLModelConfig
+
+# BIGINT on PostgreSQL, INTEGER (the rowid alias, required for AUTOINCREMENT) on SQLite.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+BODY_MAX_LENGTH = 256
+USERNAME_MAX_LENGTH = 150
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    username: str = Field(
+        sa_column=Column(String(USERNAME_MAX_LENGTH), nullable=False, unique=True)
+    )
+    password_hash: str = Field(sa_column=Column(String(255), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+
+
+class Post(SQLModel, table=True):
+    __tablename__ = "posts"
+    # list reads newest first by pk (the primary key serves that and the `before` cursor);
+    # update/delete and per-author reads filter on author_id.
+    # AUTOINCREMENT: SQLite must never hand a deleted post's pk to a new one, or a client's
+    # version bookkeeping for that pk would drop the new post's events.
+    __table_args__ = (
+        Index("ix_posts_author_id_id", "author_id", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    author_id: int = Field(
+        sa_column=Column(BigId, ForeignKey("users.id", ondelete="CASCADE"), nullable=False)
+    )
+    body: str = Field(sa_column=Column(String(BODY_MAX_LENGTH), nullable=False))
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    version: int = Field(default=1, sa_column=Column(Integer, nullable=False, default=1))
+
+
+class PostBody(SQLModel):
+    """A post's writable field, as REST takes it (PUT, POST; PATCH makes it optional)."""
+
+    model_config = SQLModelConfig(
+        json_schema_extra={
+            "examples": [{"body": "Check out this new framework... #Django #Python"}]
+        }
+    )
+
+    body: str = Field(min_length=1, max_length=BODY_MAX_LENGTH)
+
+
+class PostPatch(SQLModel):
+    model_config = SQLModelConfig(json_schema_extra={"examples": [{"body": "Edited #python"}]})
+
+    body: str | None = Field(default=None, min_length=1, max_length=BODY_MAX_LENGTH)
+
+
+class PostPublic(SQLModel):
+    """A post as every client sees it, over WebSocket and REST."""
+
+    model_config = SQLModelConfig(
+        json_schema_extra={
+            "examples": [
+                {
+                    "pk": 23,
+                    "author": 4,
+                    "body": "Check out this new framework... #Django #Python",
+                    "created_at": "2020-05-31T00:46:33+00:00",
+                    "version": 1,
+                }
+            ]
+        }
+    )
+
+    pk: int
+    author: int
+    body: str
+    created_at: str
+    version: int
+
+
+class UserCreate(SQLModel):
+    model_config = SQLModelConfig(
+        json_schema_extra={"examples": [{"username": "alice", "password": "correct horse battery"}]}
+    )
+
+    username: str = Field(min_length=1, max_length=USERNAME_MAX_LENGTH, regex=r"^[\w.@+-]+$")
+    password: str = Field(min_length=8, max_length=1024)
+
+
+class UserPublic(SQLModel):
+    model_config = SQLModelConfig(json_schema_extra={"examples": [{"id": 4, "username": "alice"}]})
+
+    id: int
+    username: str
+
+
+class Token(SQLModel):
+    model_config = SQLModelConfig(
+        json_schema_extra={"examples": [{"access_token": "eyJhbGciOi...", "token_type": "bearer"}]}
+    )
+
+    access_token: str
+    token_type: str = "bearer"

@@ -1,0 +1,171 @@
+"""The one write path: validate, authorise, commit, then publish one message per hashtag.
+
+REST, WebSocket and CLI writes all come through PostService, so every committed change
+produces its events, and a rolled-back or no-op write produces none.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import delete as sql_delete
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db import begin_write
+from app.models import Post, utcnow
+from app.posts.hashtags import extract_hashtags
+from app.posts.validation import clean_body
+from app.pubsub.broker import Broker
+from app.pubsub.change import Change
+from app.pubsub.channels import channel_for
+
+log = logging.getLogger(__name__)
+
+posts = Post.__table__  # type: ignore[attr-defined]
+_COLUMNS = (posts.c.id, posts.c.author_id, posts.c.body, posts.c.created_at, posts.c.version)
+
+PostData = dict[str, Any]
+UNCHANGED: Any = object()  # a patch without body
+
+
+class PostNotFound(Exception):
+    """No such post, or not one the caller may change (DRF's queryset filter gives 404)."""
+
+
+class PostService:
+    def __init__(self, engine: AsyncEngine, broker: Broker, channel_prefix: str) -> None:
+        self._engine = engine
+        self._broker = broker
+        self._prefix = channel_prefix
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    async def list(
+        self, *, body_contains: str | None = None, limit: int = 500, before: int | None = None
+    ) -> list[PostData]:
+        """Newest first, at most `limit`, pks below `before`, body matching case-insensitively."""
+        query = select(*_COLUMNS).order_by(posts.c.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(posts.c.id < before)
+        if body_contains:
+            if self._sqlite:
+                # lp_lower is Python's str.lower, registered on each SQLite connection.
+                query = query.where(
+                    func.lp_lower(posts.c.body).contains(body_contains.lower(), autoescape=True)
+                )
+            else:
+                query = query.where(posts.c.body.icontains(body_contains, autoescape=True))
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_post_data(row) for row in rows]
+
+    async def get(self, pk: int) -> PostData:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(*_COLUMNS).where(posts.c.id == pk))).first()
+        if row is None:
+            raise PostNotFound(pk)
+        return _post_data(row)
+
+    async def create(self, author_id: int, body: object) -> PostData:
+        text = clean_body(body)
+        now = utcnow()
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    insert(posts)
+                    .values(
+                        author_id=author_id, body=text, created_at=now, updated_at=now, version=1
+                    )
+                    .returning(*_COLUMNS)
+                )
+            ).one()
+        post = _post_data(row)
+        await self._publish(post["pk"], 1, post, frozenset(), extract_hashtags(text))
+        return post
+
+    async def update(self, author_id: int, pk: int, body: object = UNCHANGED) -> PostData:
+        """Replace the body (PUT passes it always, PATCH only when given)."""
+        async with self._engine.connect() as conn:
+            await begin_write(conn)
+            async with conn.begin():
+                # The old hashtags come from the locked row, not from anything cached.
+                old = await self._owned_row(conn, author_id, pk)
+                # Validated after the lookup: DRF answers 404 before 400.
+                text = old.body if body is UNCHANGED else clean_body(body)
+                if text == old.body:
+                    return _post_data(old)  # a write that changes nothing is no change
+                row = (
+                    await conn.execute(
+                        update(posts)
+                        .where(posts.c.id == pk)
+                        .values(body=text, version=old.version + 1, updated_at=utcnow())
+                        .returning(*_COLUMNS)
+                    )
+                ).one()
+        post = _post_data(row)
+        await self._publish(
+            pk, post["version"], post, extract_hashtags(old.body), extract_hashtags(text)
+        )
+        return post
+
+    async def delete(self, author_id: int, pk: int) -> None:
+        async with self._engine.connect() as conn:
+            await begin_write(conn)
+            async with conn.begin():
+                old = await self._owned_row(conn, author_id, pk)
+                await conn.execute(sql_delete(posts).where(posts.c.id == pk))
+        # A delete is the post's last version: one past its final state.
+        await self._publish(
+            pk, old.version + 1, {"pk": pk}, extract_hashtags(old.body), frozenset()
+        )
+
+    async def _owned_row(self, conn: Any, author_id: int, pk: int) -> Row[Any, Any, Any, Any, Any]:
+        row = (
+            await conn.execute(select(*_COLUMNS).where(posts.c.id == pk).with_for_update())
+        ).first()
+        if row is None or row.author_id != author_id:
+            raise PostNotFound(pk)
+        return row
+
+    async def _publish(
+        self, pk: int, version: int, data: PostData, old: frozenset[str], new: frozenset[str]
+    ) -> None:
+        """After commit: one message per hashtag in old | new, whatever the subscriber count."""
+        if not old and not new:
+            return
+        change = Change(
+            change_id=uuid.uuid4().hex,
+            pk=pk,
+            version=version,
+            old_tags=old,
+            new_tags=new,
+            data_json=orjson.dumps(data).decode(),
+        )
+        message = change.encode()
+        for tag in sorted(change.tags):
+            try:
+                await self._broker.publish(channel_for(self._prefix, tag), message)
+            except Exception:
+                # The write is committed and answered regardless; the gap is logged.
+                log.exception("publishing change %s to #%s failed", change.change_id, tag)
+
+
+def _post_data(row: Row[Any, Any, Any, Any, Any]) -> PostData:
+    return {
+        "pk": row.id,
+        "author": row.author_id,
+        "body": row.body,
+        "created_at": _iso(row.created_at),
+        "version": row.version,
+    }
+
+
+def _iso(moment: datetime) -> str:
+    # SQLite hands timestamps back without their zone; they were written in UTC.
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat()

@@ -1,0 +1,74 @@
+"""A connection's bounded outgoing queue, and the hold that puts a reply before its events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+
+class Outgoing:
+    """Frames waiting for the socket. Overflow means the client is not reading: the queue
+    calls on_overflow once and drops further frames, so memory stays bounded."""
+
+    def __init__(self, limit: int, on_overflow: Callable[[], None]) -> None:
+        self._frames: deque[str] = deque()
+        self._held: list[str] | None = None
+        self._limit = limit
+        self._on_overflow = on_overflow
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def put_reply(self, frame: str) -> None:
+        self._push(frame)
+
+    def put_event(self, frame: str) -> None:
+        """Events raised while a request is in progress wait for its reply."""
+        if self._held is not None:
+            if len(self._held) + len(self._frames) >= self._limit:
+                self._overflow()
+                return
+            self._held.append(frame)
+            return
+        self._push(frame)
+
+    def hold(self) -> None:
+        self._held = []
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        for frame in held or ():
+            self._push(frame)
+
+    def _push(self, frame: str) -> None:
+        if self._closed:
+            return
+        if len(self._frames) >= self._limit:
+            self._overflow()
+            return
+        self._frames.append(frame)
+        self._ready.set()
+
+    def _overflow(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._frames.clear()
+            self._ready.set()
+            self._on_overflow()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def drain(self) -> list[str] | None:
+        """Everything queued, waiting for at least one frame; None once closed."""
+        while not self._frames:
+            if self._closed:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+        if self._closed:
+            return None
+        frames = list(self._frames)
+        self._frames.clear()
+        return frames

@@ -1,0 +1,150 @@
+"""One WebSocket connection's protocol state: who it is, its subscriptions, its dispatch.
+
+Requests are handled one at a time, in order. While one is in progress the outgoing queue
+holds back events, so the reply to a write always precedes that write's own event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from app.accounts.service import AccountService, Identity
+from app.posts.service import PostService
+from app.posts.validation import FieldErrors
+from app.protocol.actions import ACTIONS, ANONYMOUS_ACTIONS
+from app.protocol.envelope import FrameError, decode_frame, dumps, reply
+from app.protocol.errors import (
+    ACTION_MISSING,
+    NOT_TEXT,
+    SERVER_ERROR,
+    UNAVAILABLE,
+    ProtocolError,
+    method_not_allowed,
+    permission_denied,
+)
+from app.protocol.outgoing import Outgoing
+from app.pubsub.broker import BrokerUnavailable
+from app.pubsub.hub import Hub, Subscription
+
+log = logging.getLogger(__name__)
+
+
+class Session:
+    def __init__(
+        self,
+        posts: PostService,
+        accounts: AccountService,
+        hub: Hub,
+        outgoing: Outgoing,
+        identity: Identity | None,
+    ) -> None:
+        self.posts = posts
+        self.accounts = accounts
+        self.hub = hub
+        self.outgoing = outgoing
+        self.identity = identity
+        self._subscriptions: dict[tuple[str | None, str], Subscription] = {}
+        # Set per request: the subscription key of the request being handled.
+        self._key: tuple[str | None, str] = (None, "null")
+
+    @property
+    def user_id(self) -> int:
+        assert self.identity is not None  # guarded by the permission check
+        return self.identity.user_id
+
+    async def receive(self, text: str | None) -> None:
+        """Answer one frame (None for a binary one). Never raises: every input gets a reply."""
+        self.outgoing.hold()
+        try:
+            try:
+                answer = await self._answer(text)
+            except Exception:
+                log.exception("unexpected failure answering a frame")
+                answer = reply(None, None, 500, errors=[SERVER_ERROR])
+            self.outgoing.put_reply(answer)
+        finally:
+            self.outgoing.release()
+
+    async def _answer(self, text: str | None) -> str:
+        if text is None:
+            return reply(None, None, 400, errors=[NOT_TEXT])
+        try:
+            frame = decode_frame(text)
+        except FrameError as error:
+            request = error.request
+            return reply(
+                request.get("action"),
+                request.get("request_id"),
+                error.error.status,
+                errors=error.error.errors,
+                stream=error.stream,
+            )
+        request = frame.request
+        action, request_id = request.get("action"), request.get("request_id")
+        self._key = (
+            None if frame.stream is None else dumps(frame.stream),
+            dumps(request_id),
+        )
+        try:
+            data, status = await self._dispatch(action, request)
+            return reply(action, request_id, status, data, stream=frame.stream)
+        except ProtocolError as error:
+            return reply(action, request_id, error.status, errors=error.errors, stream=frame.stream)
+
+    async def _dispatch(self, action: Any, request: dict[str, Any]) -> tuple[Any, int]:
+        if "action" not in request:
+            raise ProtocolError(405, [ACTION_MISSING])
+        if self.identity is not None and self.identity.expires_at <= time.time():
+            self.identity = None  # an expired token makes the connection anonymous again
+        # Permissions come before the action lookup, as in DCRF.
+        if self.identity is None and action not in ANONYMOUS_ACTIONS:
+            raise permission_denied()
+        handler = ACTIONS.get(action) if isinstance(action, str) else None
+        if handler is None:
+            raise method_not_allowed(action)
+        try:
+            return await handler(self, request)
+        except ProtocolError:
+            raise
+        except FieldErrors as error:
+            raise ProtocolError(400, [error.errors]) from None
+        except BrokerUnavailable:
+            raise ProtocolError(503, [UNAVAILABLE]) from None
+        except Exception:
+            log.exception("action %r failed", action)
+            raise ProtocolError(500, [SERVER_ERROR]) from None
+
+    async def authenticate(self, token: object) -> bool:
+        identity = await self.accounts.identify(token) if isinstance(token, str) else None
+        if identity is None:
+            return False  # the connection stays as it was
+        self.identity = identity
+        return True
+
+    async def subscribe(self, tag: str) -> None:
+        subscription = self._subscriptions.get(self._key)
+        if subscription is None:
+            stream_json, request_id_json = self._key
+            subscription = Subscription(request_id_json, stream_json, self.outgoing.put_event)
+            self._subscriptions[self._key] = subscription
+        await self.hub.subscribe(subscription, tag)
+
+    async def unsubscribe(self, tag: str) -> None:
+        """From the subscription of this request_id when it holds tag, else from all of them."""
+        own = self._subscriptions.get(self._key)
+        targets = (
+            [own] if own is not None and tag in own.tags else list(self._subscriptions.values())
+        )
+        for subscription in targets:
+            await self.hub.unsubscribe(subscription, tag)
+        for key, subscription in list(self._subscriptions.items()):
+            if not subscription.tags:
+                del self._subscriptions[key]
+
+    def close(self) -> None:
+        """The connection is gone: release its subscriptions."""
+        for subscription in self._subscriptions.values():
+            self.hub.discard(subscription)
+        self._subscriptions.clear()

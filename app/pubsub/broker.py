@@ -1,0 +1,54 @@
+"""The broker interface: bytes between processes, one channel per hashtag.
+
+Brokers only move bytes; which local connection gets what is the hub's business.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+from app.config import Settings
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker cannot be reached right now."""
+
+
+class Broker(ABC):
+    @abstractmethod
+    async def start(self, handler: MessageHandler) -> None:
+        """Begin delivering messages of subscribed channels to handler(channel, data)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop delivering and release connections."""
+
+    @abstractmethod
+    async def publish(self, channel: str, data: bytes) -> None:
+        """Send one message to every process subscribed to channel."""
+
+    @abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe this process; returns once the subscription is confirmed."""
+
+    @abstractmethod
+    async def unsubscribe(self, channel: str) -> None:
+        """Drop this process's subscription."""
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """True when the broker answers."""
+
+
+def make_broker(settings: Settings) -> Broker:
+    """Redis when REDIS_URL is set, else the in-process broker."""
+    if settings.redis_url:
+        from app.pubsub.redis import RedisBroker
+
+        return RedisBroker(settings.redis_url)
+    from app.pubsub.memory import MemoryBroker
+
+    return MemoryBroker()

@@ -1,0 +1,54 @@
+"""The objects one worker owns (engine, broker, hub, services) and their start and stop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.accounts.service import AccountService
+from app.config import Settings
+from app.db import make_engine
+from app.posts.service import PostService
+from app.pubsub.broker import Broker, make_broker
+from app.pubsub.hub import Hub
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    broker: Broker
+    hub: Hub
+    posts: PostService
+    accounts: AccountService
+
+    @classmethod
+    async def start(cls, settings: Settings) -> Runtime:
+        """Build and connect everything; nothing connects before this is called."""
+        secret = settings.secret  # refuses to start without one outside the embedded default
+        engine = make_engine(settings)
+        broker = make_broker(settings)
+        hub = Hub(broker, settings.channel_prefix)
+        await hub.start()
+        return cls(
+            settings=settings,
+            engine=engine,
+            broker=broker,
+            hub=hub,
+            posts=PostService(engine, broker, settings.channel_prefix),
+            accounts=AccountService(engine, secret, settings.token_lifetime_minutes * 60),
+        )
+
+    async def close(self) -> None:
+        await self.hub.close()
+        await self.engine.dispose()
+
+    async def database_ready(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
