@@ -1,0 +1,96 @@
+"""One stack fixture over every backend: SQLite + in-process broker, PostgreSQL + in-process
+broker, PostgreSQL + Redis.
+
+PostgreSQL runs when LIVEPOST_TEST_DATABASE_URL is set, Redis when LIVEPOST_TEST_REDIS_URL is. With LIVEPOST_REQUIRE_SERVICES=1 (set
+by .ci/run) a missing or unreachable service fails the run instead of skipping its stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.config import Settings
+from app.migrations import upgrade_to_head
+from tests.support import Server, Stack, unique
+
+PG_URL = os.environ.get("LIVEPOST_TEST_DATABASE_URL")
+REDIS_URL = os.environ.get("LIVEPOST_TEST_REDIS_URL")
+REQUIRE = os.environ.get("LIVEPOST_REQUIRE_SERVICES") == "1"
+SECRET = "test-secret-" + "x" * 32
+
+STACKS = ["sqlite+memory", "postgres+memory", "postgres+redis"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if REQUIRE and not (PG_URL and REDIS_URL):
+        raise pytest.UsageError(
+            "LIVEPOST_REQUIRE_SERVICES=1 needs LIVEPOST_TEST_DATABASE_URL and LIVEPOST_TEST_REDIS_URL"
+        )
+
+
+def redis_url_for(name: str) -> str | None:
+    if not name.endswith("+redis"):
+        return None
+    if not REDIS_URL:
+        if REQUIRE:
+            pytest.fail("Redis is required but LIVEPOST_TEST_REDIS_URL is unset")
+        pytest.skip("set LIVEPOST_TEST_REDIS_URL to run the Redis stack")
+    return REDIS_URL
+
+
+async def reset_postgres(url: str) -> None:
+    """Empty the test database so the schema comes from the migrations alone."""
+    engine = create_async_engine(Settings(database_url=url).database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("DROP SCHEMA public CASCADE"))
+            await conn.execute(text("CREATE SCHEMA public"))
+    finally:
+        await engine.dispose()
+
+
+async def database_url_for(name: str, tmp: Path) -> str:
+    if name.startswith("sqlite"):
+        return f"sqlite+aiosqlite:///{tmp / 'livepost.db'}"
+    if not PG_URL:
+        if REQUIRE:
+            pytest.fail("PostgreSQL is required but LIVEPOST_TEST_DATABASE_URL is unset")
+        pytest.skip("set LIVEPOST_TEST_DATABASE_URL to run the PostgreSQL stack")
+    try:
+        await reset_postgres(PG_URL)
+    except OSError as error:
+        pytest.fail(f"PostgreSQL at {PG_URL} is unreachable: {error}")
+    return PG_URL
+
+
+@pytest.fixture(scope="session", params=STACKS)
+async def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    name = request.param
+    redis_url = redis_url_for(name)
+    url = await database_url_for(name, tmp_path_factory.mktemp(name.replace("+", "-")))
+    await asyncio.to_thread(upgrade_to_head, url)
+    settings = Settings(
+        database_url=url, redis_url=redis_url, jwt_secret=SECRET, channel_prefix=unique("lpt")
+    )
+    server = Server(settings)
+    await server.start()
+    deployed = Stack(name, settings, server)
+    try:
+        yield deployed
+    finally:
+        await deployed.close_clients()
+        await server.stop()
+
+
+@pytest.fixture
+async def live(stack: Stack) -> AsyncIterator[Stack]:
+    """The stack, closing the WebSocket clients a test opened."""
+    yield stack
+    await stack.close_clients()

@@ -1,0 +1,166 @@
+"""Test helpers: a real uvicorn server per stack, and real WebSocket and HTTP clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from app.config import Settings
+from app.main import create_app
+
+TIMEOUT = 10.0
+PASSWORD = "correct horse battery"
+
+
+def unique(prefix: str = "t") -> str:
+    """A fresh name (hashtag, username, marker) so tests never see each other's data."""
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+class Server:
+    """A uvicorn server running the app on an ephemeral loopback port, in this event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws_ping_interval=None
+        )
+        self._server = uvicorn.Server(config)
+        self._task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve())
+        async with asyncio.timeout(TIMEOUT):
+            while not self._server.started:
+                if self._task.done():
+                    self._task.result()
+                await asyncio.sleep(0.01)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            async with asyncio.timeout(TIMEOUT):
+                await self._task
+
+    @property
+    def runtime(self) -> Any:
+        return self.app.state.runtime
+
+
+class WsClient:
+    """A real WebSocket client speaking JSON frames."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+
+    async def send(self, message: Any) -> None:
+        await self.connection.send(message if isinstance(message, str | bytes) else json.dumps(message))
+
+    async def recv(self, timeout: float = TIMEOUT) -> Any:
+        async with asyncio.timeout(timeout):
+            return json.loads(await self.connection.recv())
+
+    async def ask(self, message: dict[str, Any]) -> Any:
+        """Send a request and return the next frame (its reply, when nothing else is queued)."""
+        await self.send(message)
+        return await self.recv()
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+@dataclass
+class User:
+    id: int
+    username: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclass
+class Stack:
+    """One running deployment under test: its settings, server and clients."""
+
+    name: str
+    settings: Settings
+    server: Server
+    _clients: list[WsClient] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.port}/ws"
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, timeout=TIMEOUT)
+
+    async def user(self) -> User:
+        username = unique("u")
+        async with self.http() as client:
+            created = await client.post("/auth/register", json={"username": username, "password": PASSWORD})
+            assert created.status_code == 201, created.text
+            token = await client.post("/auth/token", data={"username": username, "password": PASSWORD})
+            assert token.status_code == 200, token.text
+        return User(created.json()["id"], username, token.json()["access_token"])
+
+    async def connect(
+        self, user: User | None = None, *, query: str = "", headers: dict[str, str] | None = None
+    ) -> WsClient:
+        url = self.ws_url + (f"?token={user.token}" if user else query)
+        async with asyncio.timeout(TIMEOUT):
+            connection = await websockets.connect(url, additional_headers=headers, max_size=None)
+        client = WsClient(connection)
+        self._clients.append(client)
+        return client
+
+    async def close_clients(self) -> None:
+        for client in self._clients:
+            await client.close()
+        self._clients.clear()
+
+
+async def subscribe(client: WsClient, tag: str, request_id: Any) -> None:
+    reply = await client.ask({"action": "subscribe_to_hashtag", "hashtag": tag, "request_id": request_id})
+    assert reply == {"errors": [], "data": {}, "action": "subscribe_to_hashtag",
+                     "response_status": 201, "request_id": request_id}
+
+
+async def barrier(stack: Stack, writer: User, *clients: WsClient) -> None:
+    """Wait until every event published before now has reached each client.
+
+    Each client subscribes to a fresh tag under its own request id; one post with that tag is
+    written; events reach a connection in publish order, so once each client sees the
+    barrier's event, any earlier event would already have arrived. No sleeping."""
+    tag = unique("sync")
+    for client in clients:
+        await subscribe(client, tag, f"barrier-{tag}")
+    async with stack.http() as http:
+        response = await http.post("/posts", json={"body": f"#{tag}"}, headers=writer.headers)
+        assert response.status_code == 201
+    for client in clients:
+        event = await client.recv()
+        assert event["request_id"] == f"barrier-{tag}", f"unexpected frame before barrier: {event}"
+        assert (await client.ask({"action": "unsubscribe_from_hashtag", "hashtag": tag,
+                                  "request_id": f"barrier-{tag}"}))["response_status"] == 204
+
+
+def post_json(post: dict[str, Any]) -> dict[str, Any]:
+    """The expected post shape: exactly these keys."""
+    assert set(post) == {"pk", "author", "body", "created_at", "version"}, post
+    return post
