@@ -1,8 +1,9 @@
 """One stack fixture over every backend: SQLite + in-process broker, PostgreSQL + in-process
 broker, PostgreSQL + Redis.
 
-PostgreSQL runs when LIVEPOST_TEST_DATABASE_URL is set, Redis when LIVEPOST_TEST_REDIS_URL is. With LIVEPOST_REQUIRE_SERVICES=1 (set
-by .ci/run) a missing or unreachable service fails the run instead of skipping its stack.
+PostgreSQL runs when LIVEPOST_TEST_DATABASE_URL is set, Redis when LIVEPOST_TEST_REDIS_URL is.
+With LIVEPOST_REQUIRE_SERVICES=1 (set by .ci/run) a missing or unreachable service fails the
+run instead of skipping its stack.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ STACKS = ["sqlite+memory", "postgres+memory", "postgres+redis"]
 def pytest_configure(config: pytest.Config) -> None:
     if REQUIRE and not (PG_URL and REDIS_URL):
         raise pytest.UsageError(
-            "LIVEPOST_REQUIRE_SERVICES=1 needs LIVEPOST_TEST_DATABASE_URL and LIVEPOST_TEST_REDIS_URL"
+            "LIVEPOST_REQUIRE_SERVICES=1 needs LIVEPOST_TEST_DATABASE_URL and "
+            "LIVEPOST_TEST_REDIS_URL"
         )
 
 
@@ -71,7 +73,9 @@ async def database_url_for(name: str, tmp: Path) -> str:
 
 
 @pytest.fixture(scope="session", params=STACKS)
-async def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+async def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
     name = request.param
     redis_url = redis_url_for(name)
     url = await database_url_for(name, tmp_path_factory.mktemp(name.replace("+", "-")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -18,6 +18,7 @@ from app.main import create_app
 
 TIMEOUT = 10.0
 PASSWORD = "correct horse battery"
+CLUSTER_SECRET = "cluster-test-secret-" + "y" * 32
 
 
 def unique(prefix: str = "t") -> str:
@@ -31,7 +32,12 @@ class Server:
     def __init__(self, settings: Settings) -> None:
         self.app = create_app(settings)
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws_ping_interval=None
+            self.app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="on",
+            ws_ping_interval=None,
         )
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None
@@ -64,9 +70,11 @@ class WsClient:
         self.connection = connection
 
     async def send(self, message: Any) -> None:
-        await self.connection.send(message if isinstance(message, str | bytes) else json.dumps(message))
+        await self.connection.send(
+            message if isinstance(message, str | bytes) else json.dumps(message)
+        )
 
-    async def recv(self, timeout: float = TIMEOUT) -> Any:
+    async def recv(self, timeout: float = TIMEOUT) -> Any:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
             return json.loads(await self.connection.recv())
 
@@ -90,32 +98,27 @@ class User:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-@dataclass
-class Stack:
-    """One running deployment under test: its settings, server and clients."""
+class Endpoint:
+    """Clients for one base URL: a worker, a load balancer or an in-process server."""
 
-    name: str
-    settings: Settings
-    server: Server
-    _clients: list[WsClient] = field(default_factory=list)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.port}"
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self._clients: list[WsClient] = []
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.server.port}/ws"
+        return "ws" + self.base_url.removeprefix("http") + "/ws"
 
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.base_url, timeout=TIMEOUT)
 
     async def user(self) -> User:
         username = unique("u")
+        form = {"username": username, "password": PASSWORD}
         async with self.http() as client:
-            created = await client.post("/auth/register", json={"username": username, "password": PASSWORD})
+            created = await client.post("/auth/register", json=form)
             assert created.status_code == 201, created.text
-            token = await client.post("/auth/token", data={"username": username, "password": PASSWORD})
+            token = await client.post("/auth/token", data=form)
             assert token.status_code == 200, token.text
         return User(created.json()["id"], username, token.json()["access_token"])
 
@@ -135,13 +138,30 @@ class Stack:
         self._clients.clear()
 
 
+class Stack(Endpoint):
+    """One running deployment under test: its settings, server and clients."""
+
+    def __init__(self, name: str, settings: Settings, server: Server) -> None:
+        super().__init__(f"http://127.0.0.1:{server.port}")
+        self.name = name
+        self.settings = settings
+        self.server = server
+
+
 async def subscribe(client: WsClient, tag: str, request_id: Any) -> None:
-    reply = await client.ask({"action": "subscribe_to_hashtag", "hashtag": tag, "request_id": request_id})
-    assert reply == {"errors": [], "data": {}, "action": "subscribe_to_hashtag",
-                     "response_status": 201, "request_id": request_id}
+    reply = await client.ask(
+        {"action": "subscribe_to_hashtag", "hashtag": tag, "request_id": request_id}
+    )
+    assert reply == {
+        "errors": [],
+        "data": {},
+        "action": "subscribe_to_hashtag",
+        "response_status": 201,
+        "request_id": request_id,
+    }
 
 
-async def barrier(stack: Stack, writer: User, *clients: WsClient) -> None:
+async def barrier(stack: Endpoint, writer: User, *clients: WsClient) -> None:
     """Wait until every event published before now has reached each client.
 
     Each client subscribes to a fresh tag under its own request id; one post with that tag is
@@ -156,8 +176,15 @@ async def barrier(stack: Stack, writer: User, *clients: WsClient) -> None:
     for client in clients:
         event = await client.recv()
         assert event["request_id"] == f"barrier-{tag}", f"unexpected frame before barrier: {event}"
-        assert (await client.ask({"action": "unsubscribe_from_hashtag", "hashtag": tag,
-                                  "request_id": f"barrier-{tag}"}))["response_status"] == 204
+        assert (
+            await client.ask(
+                {
+                    "action": "unsubscribe_from_hashtag",
+                    "hashtag": tag,
+                    "request_id": f"barrier-{tag}",
+                }
+            )
+        )["response_status"] == 204
 
 
 def post_json(post: dict[str, Any]) -> dict[str, Any]:

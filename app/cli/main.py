@@ -44,6 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-migrate", action="store_true", help="skip `alembic upgrade head`")
     serve.set_defaults(run=_serve)
 
+    cluster = commands.add_parser(
+        "cluster", help="N workers on loopback ports behind a local nginx (needs REDIS_URL)"
+    )
+    cluster.add_argument("--workers", type=int, default=2)
+    cluster.add_argument("--port", type=int, help="nginx port (default: PORT or 8000)")
+    cluster.add_argument(
+        "--worker-port", type=int, help="first worker port (default: nginx port + 1)"
+    )
+    cluster.add_argument("--no-nginx", action="store_true", help="workers only")
+    cluster.set_defaults(run=_cluster)
+
     migrate = commands.add_parser("migrate", help="alembic upgrade head")
     migrate.set_defaults(run=_migrate)
 
@@ -96,6 +107,46 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         ws_max_size=1 << 20,
     )
+    return 0
+
+
+def _cluster(settings: Settings, args: argparse.Namespace) -> int:
+    import signal
+
+    from app.cli.cluster import Cluster
+
+    if not settings.redis_url:
+        raise CommandError("a cluster needs REDIS_URL: workers share their events through Redis")
+    settings.secret  # noqa: B018  (fail before starting anything when no secret is set)
+    port = args.port or settings.port
+    first = args.worker_port or port + 1
+    cluster = Cluster(
+        args.workers,
+        {"REDIS_URL": settings.redis_url},
+        worker_ports=[first + index for index in range(args.workers)],
+        lb_port=port,
+        nginx=not args.no_nginx,
+    )
+    stop = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        cluster.start()
+        for url in cluster.worker_urls:
+            print(f"worker  {url}  ws{url[4:]}/ws")
+        if not args.no_nginx:
+            print(
+                f"nginx   {cluster.lb_url}  ws{cluster.lb_url[4:]}/ws   (logs: {cluster.run_dir})"
+            )
+        while not stop:
+            signal.pause()
+    finally:
+        cluster.stop()
     return 0
 
 

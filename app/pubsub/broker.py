@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from typing import Any
 
 from app.config import Settings
 
@@ -41,6 +42,11 @@ class Broker(ABC):
     @abstractmethod
     async def ping(self) -> bool:
         """True when the broker answers."""
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters for operators (connection losses, failed publishes)."""
+        return {}
 
 
 def make_broker(settings: Settings) -> Broker:

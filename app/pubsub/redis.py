@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT = 5.0
 CONFIRM_TIMEOUT = 5.0
 BACKOFF_FIRST = 0.05
-BACKOFF_CAP = 2.0
+BACKOFF_CAP = 1.0
 
 
 class RedisBroker(Broker):

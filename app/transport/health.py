@@ -29,5 +29,9 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     """200 when the database and the broker answer, else 503."""
     database = await runtime.database_ready()
     broker = await runtime.broker.ping()
-    body = {"database": "ok" if database else "down", "broker": "ok" if broker else "down"}
+    body: dict[str, object] = {
+        "database": "ok" if database else "down",
+        "broker": "ok" if broker else "down",
+        "broker_stats": runtime.broker.stats,
+    }
     return JSONResponse(body, status_code=200 if database and broker else 503)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 CLOSE_TRY_AGAIN_LATER = 1013
+WORKER_ID = str(os.getpid()).encode()
 
 
 def _handshake_token(websocket: WebSocket) -> tuple[bool, str | None]:
@@ -48,7 +50,8 @@ async def live_posts(websocket: WebSocket) -> None:
     if not well_formed or (token is not None and identity is None):
         await websocket.close(code=1008)  # before accept: the server answers HTTP 403
         return
-    await websocket.accept()
+    # Which worker answered: lets operators (and tests) see the balancer spread connections.
+    await websocket.accept(headers=[(b"x-livepost-worker", WORKER_ID)])
 
     overflowed = asyncio.Event()
     outgoing = Outgoing(runtime.settings.ws_queue_size, overflowed.set)

@@ -1,0 +1,127 @@
+"""Redis going away and coming back under two real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from app.cli.cluster import Cluster
+from tests.cluster_support import RedisServer, fresh_database, require_services
+from tests.support import CLUSTER_SECRET, Endpoint, subscribe, unique
+
+RECOVERY = 2.0  # delivery must resume within this many seconds of Redis coming back
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    require_services()
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_server: RedisServer) -> Iterator[Cluster]:
+    pg_url, _ = require_services()
+    with fresh_database(pg_url) as database_url:
+        env = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_server.url,
+            "JWT_SECRET": CLUSTER_SECRET,
+        }
+        deployment = Cluster(2, env, nginx=False)
+        try:
+            deployment.start()
+            yield deployment
+        finally:
+            deployment.stop()
+
+
+@pytest.fixture
+async def workers(cluster: Cluster) -> AsyncIterator[list[Endpoint]]:
+    endpoints = [Endpoint(url) for url in cluster.worker_urls]
+    yield endpoints
+    for endpoint in endpoints:
+        await endpoint.close_clients()
+
+
+async def ready_status(endpoint: Endpoint) -> int:
+    async with endpoint.http() as http:
+        return (await http.get("/readyz")).status_code
+
+
+async def wait_ready(endpoint: Endpoint, status: int) -> None:
+    """Poll /readyz (server state, not an event) until it says status."""
+    async with asyncio.timeout(15):
+        while await ready_status(endpoint) != status:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def test_workers_survive_a_redis_restart(
+    redis_server: RedisServer, workers: list[Endpoint]
+) -> None:
+    w0, w1 = workers
+    user = await w0.user()
+    tag = unique("outage")
+    subscriber = await w0.connect(user)
+    await subscribe(subscriber, tag, "o")
+    writer = await w1.connect(user)
+
+    redis_server.stop()
+    for endpoint in workers:
+        await wait_ready(endpoint, 503)
+
+    # Writes still commit and answer; the connections stay open and serve.
+    reply = await writer.ask(
+        {"action": "create", "data": {"body": f"#{tag} lost"}, "request_id": 1}
+    )
+    assert reply["response_status"] == 201, reply
+    async with w0.http() as http:
+        listed = await http.get("/posts", params={"body_contains": f"#{tag} lost"})
+        assert [post["pk"] for post in listed.json()] == [reply["data"]["pk"]]
+    assert (await subscriber.ask({"action": "list", "limit": 1, "request_id": 2}))[
+        "response_status"
+    ] == 200
+    # A subscribe that cannot be confirmed is refused, not silently half-done.
+    refused = await subscriber.ask(
+        {"action": "subscribe_to_hashtag", "hashtag": unique("x"), "request_id": 3}
+    )
+    assert refused == {
+        "errors": ["Service temporarily unavailable, try again later."],
+        "data": None,
+        "action": "subscribe_to_hashtag",
+        "response_status": 503,
+        "request_id": 3,
+    }
+
+    redis_server.start()
+    back = time.monotonic()
+    # Delivery resumes on its own: the worker resubscribed the channel it still needs.
+    written = {}
+    while True:
+        reply = await writer.ask({"action": "create", "data": {"body": f"#{tag} after"}})
+        written[reply["data"]["pk"]] = reply["data"]
+        try:
+            event = await subscriber.recv(timeout=0.2)
+        except TimeoutError:
+            assert time.monotonic() - back < RECOVERY, "delivery did not resume in time"
+            continue
+        # Events written during the outage were lost; only post-recovery writes show up.
+        assert event == {
+            "action": "create", "pk": event["pk"], "data": written.get(event["pk"]),
+            "request_id": "o",
+        }  # fmt: skip
+        break
+    elapsed = time.monotonic() - back
+    assert elapsed < RECOVERY
+    for endpoint in workers:
+        await wait_ready(endpoint, 200)
+    async with httpx.AsyncClient(base_url=w0.base_url) as http:
+        stats = (await http.get("/readyz")).json()["broker_stats"]
+    assert stats["connected"] is True
+    assert stats["disconnects"] >= 1
