@@ -31,8 +31,9 @@ BACKOFF_CAP = 1.0
 
 
 class RedisBroker(Broker):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, heartbeat: float = HEARTBEAT) -> None:
         self._url = url
+        self._heartbeat = heartbeat
         self._publisher = Redis.from_url(
             url, socket_timeout=5, socket_connect_timeout=2, socket_keepalive=True
         )
@@ -165,10 +166,10 @@ class RedisBroker(Broker):
         assert conn is not None
         pinged = False
         while True:
-            response = await conn.read_response(timeout=HEARTBEAT, push_request=True)
+            response = await conn.read_response(timeout=self._heartbeat, push_request=True)
             if response is None:
                 if pinged:
-                    raise ConnectionError(f"no answer to PING within {HEARTBEAT} s")
+                    raise ConnectionError(f"no answer to PING within {self._heartbeat} s")
                 await conn.send_command("PING")
                 pinged = True
                 continue
