@@ -45,8 +45,11 @@ def _pk(request: dict[str, Any]) -> int:
 
 def _data(request: dict[str, Any]) -> dict[str, Any]:
     data = _required(request, "data")
+    if data is None:
+        # What DRF's serializer says for data=None.
+        raise ProtocolError(400, [{"non_field_errors": ["No data provided"]}])
     if not isinstance(data, dict):
-        kind = "NoneType" if data is None else type(data).__name__
+        kind = type(data).__name__
         raise ProtocolError(
             400, [{"non_field_errors": [f"Invalid data. Expected a dictionary, but got {kind}."]}]
         )

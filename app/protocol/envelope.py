@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,14 +26,20 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# orjson reads integers beyond 64 bits as floats, silently; a run of 20 digits sends the text
+# to the stdlib parser, which keeps them exact (request_id must be echoed verbatim).
+_LONG_NUMBER = re.compile(r"\d{20}")
+
+
 def loads(text: str) -> Any:
     """Parse strict JSON or raise ProtocolError(400)."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        pass
-    # The stdlib also takes valid JSON that orjson declines: integers beyond 64 bits and
-    # escaped lone surrogates. NaN and Infinity stay invalid.
+    if not _LONG_NUMBER.search(text):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    # The stdlib also takes valid JSON that orjson declines (escaped lone surrogates).
+    # NaN and Infinity stay invalid.
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
