@@ -145,13 +145,12 @@ class PostService:
             new_tags=new,
             data_json=orjson.dumps(data).decode(),
         )
-        message = change.encode()
-        for tag in sorted(change.tags):
-            try:
-                await self._broker.publish(channel_for(self._prefix, tag), message)
-            except Exception:
-                # The write is committed and answered regardless; the gap is logged.
-                log.exception("publishing change %s to #%s failed", change.change_id, tag)
+        channels = [channel_for(self._prefix, tag) for tag in sorted(change.tags)]
+        try:
+            await self._broker.publish_many(channels, change.encode())
+        except Exception:
+            # The write is committed and answered regardless; the gap is logged.
+            log.exception("publishing change %s of post %s failed", change.change_id, pk)
 
 
 def _post_data(row: Row[Any, Any, Any, Any, Any]) -> PostData:

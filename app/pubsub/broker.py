@@ -31,6 +31,11 @@ class Broker(ABC):
     async def publish(self, channel: str, data: bytes) -> None:
         """Send one message to every process subscribed to channel."""
 
+    async def publish_many(self, channels: list[str], data: bytes) -> None:
+        """The same message to several channels (one change touching several hashtags)."""
+        for channel in channels:
+            await self.publish(channel, data)
+
     @abstractmethod
     async def subscribe(self, channel: str) -> None:
         """Subscribe this process; returns once the subscription is confirmed."""

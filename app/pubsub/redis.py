@@ -76,6 +76,23 @@ class RedisBroker(Broker):
             self.publish_failures += 1
             raise BrokerUnavailable(str(error)) from error
 
+    async def publish_many(self, channels: list[str], data: bytes) -> None:
+        """One round trip: the PUBLISH commands go out pipelined (still one per channel)."""
+        if len(channels) == 1:
+            await self.publish(channels[0], data)
+            return
+        if not self._connected.is_set():
+            self.publish_failures += 1
+            raise BrokerUnavailable("redis is unreachable")
+        try:
+            async with self._publisher.pipeline(transaction=False) as pipe:
+                for channel in channels:
+                    pipe.publish(channel, data)
+                await pipe.execute()
+        except (RedisError, OSError) as error:
+            self.publish_failures += 1
+            raise BrokerUnavailable(str(error)) from error
+
     async def subscribe(self, channel: str) -> None:
         conn = self._conn
         if conn is None or not self._connected.is_set():
