@@ -57,6 +57,11 @@ class Post(SQLModel, table=True):
     version: int = Field(default=1, sa_column=Column(Integer, nullable=False, default=1))
 
 
+# Lengths are documented in the schema but checked by the post service after it strips
+# surrounding white space (DRF's trim_whitespace), with the same texts on every path.
+_BODY_SCHEMA = {"minLength": 1, "maxLength": BODY_MAX_LENGTH}
+
+
 class PostBody(SQLModel):
     """A post's writable field, as REST takes it (PUT, POST; PATCH makes it optional)."""
 
@@ -66,13 +71,13 @@ class PostBody(SQLModel):
         }
     )
 
-    body: str = Field(min_length=1, max_length=BODY_MAX_LENGTH)
+    body: str = Field(schema_extra={"json_schema_extra": _BODY_SCHEMA})
 
 
 class PostPatch(SQLModel):
     model_config = SQLModelConfig(json_schema_extra={"examples": [{"body": "Edited #python"}]})
 
-    body: str | None = Field(default=None, min_length=1, max_length=BODY_MAX_LENGTH)
+    body: str | None = Field(default=None, schema_extra={"json_schema_extra": _BODY_SCHEMA})
 
 
 class PostPublic(SQLModel):
@@ -104,7 +109,9 @@ class UserCreate(SQLModel):
         json_schema_extra={"examples": [{"username": "alice", "password": "correct horse battery"}]}
     )
 
-    username: str = Field(min_length=1, max_length=USERNAME_MAX_LENGTH, regex=r"^[\w.@+-]+$")
+    username: str = Field(
+        min_length=1, max_length=USERNAME_MAX_LENGTH, schema_extra={"pattern": r"^[\w.@+-]+$"}
+    )
     password: str = Field(min_length=8, max_length=1024)
 
 

@@ -39,8 +39,10 @@ async def write_post(
                 token = runtime.accounts.token_for(user_id)
                 return await _remote(server, token, operation, pk, body)
         return await _local(runtime, user_id, operation, pk, body)
-    except (PostNotFound, WriteFailed) as error:
-        raise CommandError(str(error) or "Not found") from None
+    except PostNotFound:
+        raise CommandError("Not found") from None
+    except WriteFailed as error:
+        raise CommandError(str(error)) from None
     except FieldErrors as error:
         raise CommandError(_describe(error.errors)) from None
     finally:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
 from app.models import PostBody, PostPatch, PostPublic
 from app.posts.service import UNCHANGED, PostNotFound
-from app.posts.validation import FieldErrors
+from app.posts.validation import NULL, FieldErrors
 from app.transport.deps import IdentityDep, RuntimeDep
 
 router = APIRouter(prefix="/posts", tags=["posts"])
@@ -98,6 +98,8 @@ async def patch_post(
     runtime: RuntimeDep, identity: IdentityDep, pk: PkPath, post: PostPatch
 ) -> Any:
     """Change the given fields of your post (the `patch` action)."""
+    if post.body is None and "body" in post.model_fields_set:
+        raise _invalid(FieldErrors({"body": [NULL]}))
     return await _update(runtime, identity, pk, UNCHANGED if post.body is None else post.body)
 
 
