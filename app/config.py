@@ -28,6 +28,29 @@ class Settings(BaseSettings):
     channel_prefix: str = "livepost"
     # Per-connection outgoing queue; a client that lets it fill is closed (1013).
     ws_queue_size: int = 2048
+
+    # Limits on what one client may ask for (README: "Limits and security").
+    ws_max_frame_bytes: int = 64 * 1024  # larger frames close the connection with 1009
+    ws_rate_per_second: float = 50.0  # token bucket refill, requests per connection
+    ws_rate_burst: int = 100  # token bucket size
+    ws_flood_close_after: int = 100  # consecutive 429 replies before closing with 1008
+    ws_max_subscriptions: int = 100  # hashtags per connection (over all its request ids)
+    ws_max_connections_per_user: int = 500  # per worker
+    ws_max_connections_per_ip: int = 2000  # per worker
+    hashtag_max_length: int = 64
+    ws_ping_interval: float = 20.0  # `livepost serve`/`cluster` pass these to uvicorn
+    ws_ping_timeout: float = 20.0
+    # Comma-separated browser origins allowed to open /ws; empty means the server's own
+    # host only. Clients that send no Origin (non-browser) are always allowed.
+    allowed_origins: str = ""
+    login_failures_per_username: int = 10  # failed sign-ins per window, then 429
+    login_failures_per_ip: int = 100
+    login_window_seconds: int = 15 * 60
+    registrations_per_ip: int = 1000  # per registration window
+    registration_window_seconds: int = 60 * 60
+    # Seconds a stopping worker waits for in-flight writes to commit and publish.
+    shutdown_grace_seconds: float = 10.0
+    log_format: str = "json"  # json lines, or "text"
     db_pool_size: int = 10
     log_level: str = "info"
     # Where the CLI finds a running server (default: http://HOST:PORT).
@@ -50,6 +73,12 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, url: str | None) -> str | None:
         return url or None
+
+    @property
+    def origins(self) -> frozenset[str]:
+        return frozenset(
+            o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()
+        )
 
     @property
     def is_sqlite(self) -> bool:
