@@ -6,9 +6,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from app.config import Settings
+from app.db import is_unavailable
+from app.pubsub.broker import BrokerUnavailable
 from app.runtime import Runtime
 from app.transport import health, rest_auth, rest_posts, ws
 
@@ -33,11 +36,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runtime.close()
 
     app = FastAPI(title="livepost", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.add_exception_handler(Exception, _unavailable_or_error)
     app.include_router(rest_auth.router)
     app.include_router(rest_posts.router)
     app.include_router(health.router)
     app.include_router(ws.router)
     return app
+
+
+async def _unavailable_or_error(_request: Request, error: Exception) -> JSONResponse:
+    """A database or broker that cannot be reached is a 503; anything else a logged 500."""
+    if is_unavailable(error) or isinstance(error, BrokerUnavailable):
+        logging.getLogger(__name__).warning("service unavailable: %r", error)
+        return JSONResponse({"detail": "Service temporarily unavailable."}, status_code=503)
+    logging.getLogger(__name__).error("unhandled error", exc_info=error)
+    return JSONResponse({"detail": "Internal server error."}, status_code=500)
 
 
 app = create_app()

@@ -29,15 +29,11 @@ def unique(prefix: str = "t") -> str:
 class Server:
     """A uvicorn server running the app on an ephemeral loopback port, in this event loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **uvicorn_options: Any) -> None:
         self.app = create_app(settings)
+        options: dict[str, Any] = {"log_level": "warning", "ws_ping_interval": None}
         config = uvicorn.Config(
-            self.app,
-            host="127.0.0.1",
-            port=0,
-            log_level="warning",
-            lifespan="on",
-            ws_ping_interval=None,
+            self.app, host="127.0.0.1", port=0, lifespan="on", **(options | uvicorn_options)
         )
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from app.accounts.service import AccountService, Identity
+from app.db import is_unavailable
 from app.posts.service import PostService
 from app.posts.validation import FieldErrors
 from app.protocol.actions import ACTIONS, ANONYMOUS_ACTIONS
@@ -112,7 +113,10 @@ class Session:
             raise ProtocolError(400, [error.errors]) from None
         except BrokerUnavailable:
             raise ProtocolError(503, [UNAVAILABLE]) from None
-        except Exception:
+        except Exception as error:
+            if is_unavailable(error):
+                log.warning("action %r: database unavailable: %r", action, error)
+                raise ProtocolError(503, [UNAVAILABLE]) from None
             log.exception("action %r failed", action)
             raise ProtocolError(500, [SERVER_ERROR]) from None
 
