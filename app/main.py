@@ -13,6 +13,7 @@ from app.config import Settings
 from app.db import is_unavailable
 from app.pubsub.broker import BrokerUnavailable
 from app.runtime import Runtime
+from app.shutdown import install_graceful_stop
 from app.transport import health, rest_auth, rest_posts, ws
 
 DESCRIPTION = """
@@ -30,9 +31,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         logging.basicConfig(level=resolved.log_level.upper())
         runtime = await Runtime.start(resolved)
         app.state.runtime = runtime
+        undo_signal = install_graceful_stop(runtime)
         try:
             yield
         finally:
+            undo_signal()
             await runtime.close()
 
     app = FastAPI(title="livepost", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)

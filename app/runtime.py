@@ -11,6 +11,7 @@ from app.accounts.service import AccountService
 from app.config import Settings
 from app.db import make_engine
 from app.posts.service import PostService
+from app.protocol.admission import Admission
 from app.pubsub.broker import Broker, make_broker
 from app.pubsub.hub import Hub
 
@@ -23,6 +24,7 @@ class Runtime:
     hub: Hub
     posts: PostService
     accounts: AccountService
+    admission: Admission
 
     @classmethod
     async def start(cls, settings: Settings) -> Runtime:
@@ -39,10 +41,22 @@ class Runtime:
             hub=hub,
             posts=PostService(engine, broker, settings.channel_prefix),
             accounts=AccountService(engine, secret, settings.token_lifetime_minutes * 60),
+            admission=Admission(
+                settings.ws_max_connections_per_ip, settings.ws_max_connections_per_user
+            ),
         )
 
+    async def stop_serving(self) -> None:
+        """Graceful stop, before the server's own shutdown: refuse new sockets, let each live
+        one finish its request and close with 1001, and let every write that committed
+        finish its publish."""
+        grace = self.settings.shutdown_grace_seconds
+        await self.admission.close_all(grace)
+        await self.posts.drain(grace)
+
     async def close(self) -> None:
-        await self.hub.close()
+        await self.posts.drain(self.settings.shutdown_grace_seconds)
+        await self.hub.close()  # drops the broker connection and with it every channel
         await self.engine.dispose()
 
     async def database_ready(self) -> bool:

@@ -18,4 +18,6 @@ def normalize_hashtag(value: object, max_length: int = 100) -> str | None:
     if not isinstance(value, str) or len(value) > max_length + 1:
         return None
     match = _SUBSCRIBABLE.fullmatch(value.lower())
-    return match.group(1) if match else None
+    if match is None or len(match.group(1)) > max_length:
+        return None
+    return match.group(1)

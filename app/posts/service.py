@@ -6,10 +6,12 @@ produces its events, and a rolled-back or no-op write produces none.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import Row, func, insert, select, update
@@ -30,6 +32,7 @@ posts = Post.__table__  # type: ignore[attr-defined]
 _COLUMNS = (posts.c.id, posts.c.author_id, posts.c.body, posts.c.created_at, posts.c.version)
 
 PostData = dict[str, Any]
+T = TypeVar("T")
 UNCHANGED: Any = object()  # a patch without body
 
 
@@ -43,6 +46,25 @@ class PostService:
         self._broker = broker
         self._prefix = channel_prefix
         self._sqlite = engine.dialect.name == "sqlite"
+        self._writes: set[asyncio.Task[Any]] = set()
+
+    async def _shielded(self, write: Coroutine[Any, Any, T]) -> T:
+        """Run a write to its end (commit, then publish) even if its caller is cancelled,
+        e.g. by a client disconnecting: nothing committed is left without its publish."""
+        task = asyncio.get_running_loop().create_task(write)
+        self._writes.add(task)
+        task.add_done_callback(self._write_done)
+        return await asyncio.shield(task)
+
+    def _write_done(self, task: asyncio.Task[Any]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled():
+            task.exception()  # marked retrieved: a cancelled caller no longer awaits it
+
+    async def drain(self, grace: float) -> None:
+        """Wait (up to grace seconds) for writes in progress to commit and publish."""
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=grace)
 
     async def list(
         self, *, body_contains: str | None = None, limit: int = 500, before: int | None = None
@@ -71,6 +93,18 @@ class PostService:
         return _post_data(row)
 
     async def create(self, author_id: int, body: object) -> PostData:
+        """Create a post; subscribers of its hashtags get `create`."""
+        return await self._shielded(self._create(author_id, body))
+
+    async def update(self, author_id: int, pk: int, body: object = UNCHANGED) -> PostData:
+        """Replace the body (PUT passes it always, PATCH only when given)."""
+        return await self._shielded(self._update(author_id, pk, body))
+
+    async def delete(self, author_id: int, pk: int) -> None:
+        """Delete a post; subscribers of its hashtags get `delete`."""
+        await self._shielded(self._delete(author_id, pk))
+
+    async def _create(self, author_id: int, body: object) -> PostData:
         text = clean_body(body)
         now = utcnow()
         async with self._engine.begin() as conn:
@@ -87,8 +121,7 @@ class PostService:
         await self._publish(post["pk"], 1, post, frozenset(), extract_hashtags(text))
         return post
 
-    async def update(self, author_id: int, pk: int, body: object = UNCHANGED) -> PostData:
-        """Replace the body (PUT passes it always, PATCH only when given)."""
+    async def _update(self, author_id: int, pk: int, body: object) -> PostData:
         async with self._engine.connect() as conn:
             await begin_write(conn)
             async with conn.begin():
@@ -112,7 +145,7 @@ class PostService:
         )
         return post
 
-    async def delete(self, author_id: int, pk: int) -> None:
+    async def _delete(self, author_id: int, pk: int) -> None:
         async with self._engine.connect() as conn:
             await begin_write(conn)
             async with conn.begin():

@@ -131,20 +131,24 @@ async def _write(operation: Awaitable[Any]) -> Any:
         raise not_found() from None
 
 
-def _hashtag(request: dict[str, Any]) -> str:
-    tag = normalize_hashtag(_required(request, "hashtag"))
+def _hashtag(session: Session, request: dict[str, Any]) -> str:
+    value = _required(request, "hashtag")
+    limit = session.settings.hashtag_max_length
+    tag = normalize_hashtag(value, max_length=limit)
     if tag is None:
+        if isinstance(value, str) and normalize_hashtag(value, max_length=len(value)):
+            raise field_error("hashtag", f"Ensure this field has no more than {limit} characters.")
         raise field_error("hashtag", INVALID_HASHTAG)
     return tag
 
 
 async def subscribe_to_hashtag(session: Session, request: dict[str, Any]) -> Result:
-    await session.subscribe(_hashtag(request))
+    await session.subscribe(_hashtag(session, request))
     return {}, 201
 
 
 async def unsubscribe_from_hashtag(session: Session, request: dict[str, Any]) -> Result:
-    await session.unsubscribe(_hashtag(request))
+    await session.unsubscribe(_hashtag(session, request))
     return {}, 204
 
 

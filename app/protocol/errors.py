@@ -16,6 +16,8 @@ INVALID_TOKEN = "Invalid token."
 INVALID_HASHTAG = "Enter a valid hashtag."
 SERVER_ERROR = "A server error occurred."
 UNAVAILABLE = "Service temporarily unavailable, try again later."
+THROTTLED = "Request was throttled."
+TOO_MANY_CONNECTIONS = "Too many connections for this user."
 
 
 class ProtocolError(Exception):

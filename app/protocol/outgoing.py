@@ -61,14 +61,13 @@ class Outgoing:
         self._ready.set()
 
     async def drain(self) -> list[str] | None:
-        """Everything queued, waiting for at least one frame; None once closed."""
+        """Everything queued, waiting for at least one frame; None once closed and empty
+        (a queue closed in order still hands out what it holds, e.g. a last reply)."""
         while not self._frames:
             if self._closed:
                 return None
             self._ready.clear()
             await self._ready.wait()
-        if self._closed:
-            return None
         frames = list(self._frames)
         self._frames.clear()
         return frames

@@ -6,30 +6,40 @@ holds back events, so the reply to a write always precedes that write's own even
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from app.accounts.service import AccountService, Identity
+from app.config import Settings
 from app.db import is_unavailable
 from app.posts.service import PostService
 from app.posts.validation import FieldErrors
 from app.protocol.actions import ACTIONS, ANONYMOUS_ACTIONS
+from app.protocol.admission import Ticket
 from app.protocol.envelope import FrameError, decode_frame, dumps, reply
 from app.protocol.errors import (
     ACTION_MISSING,
     NOT_TEXT,
     SERVER_ERROR,
+    THROTTLED,
+    TOO_MANY_CONNECTIONS,
     UNAVAILABLE,
     ProtocolError,
+    field_error,
     method_not_allowed,
     permission_denied,
 )
 from app.protocol.outgoing import Outgoing
+from app.protocol.throttle import TokenBucket
 from app.pubsub.broker import BrokerUnavailable
 from app.pubsub.hub import Hub, Subscription
 
 log = logging.getLogger(__name__)
+
+CLOSE_POLICY_VIOLATION = 1008
 
 
 class Session:
@@ -40,12 +50,24 @@ class Session:
         hub: Hub,
         outgoing: Outgoing,
         identity: Identity | None,
+        *,
+        settings: Settings,
+        ticket: Ticket | None = None,
+        close_connection: Callable[[int], None] = lambda _code: None,
     ) -> None:
         self.posts = posts
         self.accounts = accounts
         self.hub = hub
         self.outgoing = outgoing
         self.identity = identity
+        self.settings = settings
+        self._ticket = ticket
+        self._close_connection = close_connection
+        self._bucket = TokenBucket(settings.ws_rate_per_second, settings.ws_rate_burst)
+        self._throttled = 0  # consecutive 429 replies
+        # Clear while a request is being answered; a stopping worker waits for it.
+        self.idle = asyncio.Event()
+        self.idle.set()
         self._subscriptions: dict[tuple[str | None, str], Subscription] = {}
         # Set per request: the subscription key of the request being handled.
         self._key: tuple[str | None, str] = (None, "null")
@@ -57,6 +79,7 @@ class Session:
 
     async def receive(self, text: str | None) -> None:
         """Answer one frame (None for a binary one). Never raises: every input gets a reply."""
+        self.idle.clear()
         self.outgoing.hold()
         try:
             try:
@@ -67,6 +90,7 @@ class Session:
             self.outgoing.put_reply(answer)
         finally:
             self.outgoing.release()
+            self.idle.set()
 
     async def _answer(self, text: str | None) -> str:
         if text is None:
@@ -84,6 +108,9 @@ class Session:
             )
         request = frame.request
         action, request_id = request.get("action"), request.get("request_id")
+        if not self._bucket.take():
+            return self._throttle(action, request_id, frame.stream)
+        self._throttled = 0
         self._key = (
             None if frame.stream is None else dumps(frame.stream),
             dumps(request_id),
@@ -93,6 +120,16 @@ class Session:
             return reply(action, request_id, status, data, stream=frame.stream)
         except ProtocolError as error:
             return reply(action, request_id, error.status, errors=error.errors, stream=frame.stream)
+
+    def _throttle(self, action: Any, request_id: Any, stream: Any) -> str:
+        """429 for a request over the rate; a client that keeps flooding is disconnected."""
+        self._throttled += 1
+        if self._throttled >= self.settings.ws_flood_close_after:
+            log.warning(
+                "closing a flooding connection after %d throttled requests", self._throttled
+            )
+            self._close_connection(CLOSE_POLICY_VIOLATION)
+        return reply(action, request_id, 429, errors=[THROTTLED], stream=stream)
 
     async def _dispatch(self, action: Any, request: dict[str, Any]) -> tuple[Any, int]:
         if "action" not in request:
@@ -124,11 +161,21 @@ class Session:
         identity = await self.accounts.identify(token) if isinstance(token, str) else None
         if identity is None:
             return False  # the connection stays as it was
+        if self._ticket is not None and not self._ticket.switch_user(identity.user_id):
+            raise ProtocolError(429, [TOO_MANY_CONNECTIONS])
         self.identity = identity
         return True
 
     async def subscribe(self, tag: str) -> None:
         subscription = self._subscriptions.get(self._key)
+        held = sum(len(s.tags) for s in self._subscriptions.values())
+        if (subscription is None or tag not in subscription.tags) and (
+            held >= self.settings.ws_max_subscriptions
+        ):
+            limit = self.settings.ws_max_subscriptions
+            raise field_error(
+                "hashtag", f"Ensure this connection has no more than {limit} subscriptions."
+            )
         if subscription is None:
             stream_json, request_id_json = self._key
             subscription = Subscription(request_id_json, stream_json, self.outgoing.put_event)
