@@ -1,0 +1,139 @@
+"""SIGTERM: sockets close with 1001 after their request, committed writes all publish."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from websockets.exceptions import ConnectionClosed
+
+from app.cli.cluster import ROOT, Cluster, free_port
+from app.migrations import upgrade_to_head
+from app.pubsub.channels import channel_for
+from tests.cluster_support import running_cluster
+from tests.support import TIMEOUT, Endpoint, WsClient, barrier, subscribe, unique
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    with running_cluster(2, nginx=False, prefix=unique("lpg")) as deployment:
+        yield deployment
+
+
+async def close_code(client: WsClient) -> int | None:
+    """Read until the server closes; its close code."""
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                await client.connection.recv()
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd else None
+
+
+async def stopped_gracefully(process: subprocess.Popen[bytes], log: Path | None = None) -> bool:
+    """The process ended through uvicorn's shutdown, which re-raises the SIGTERM it caught
+    (so the status says "terminated by SIGTERM"); at log level info its log says so too."""
+    async with asyncio.timeout(30):
+        while process.poll() is None:  # noqa: ASYNC110  (a process, not an event)
+            await asyncio.sleep(0.05)
+    if log is not None and "Finished server process" not in await asyncio.to_thread(log.read_text):
+        return False
+    return process.returncode in (0, -signal.SIGTERM)
+
+
+def start_worker(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
+            env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+async def test_single_worker_closes_sockets_with_1001(tmp_path: Path) -> None:
+    """The embedded default (SQLite, in-process broker) as `uvicorn app.main:app` runs it."""
+    database = f"sqlite+aiosqlite:///{tmp_path / 'stop.db'}"
+    await asyncio.to_thread(upgrade_to_head, database)
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database, "JWT_SECRET": "stop-" + "s" * 32}
+    log = tmp_path / "worker.log"
+    process = start_worker(port, env, log)
+    try:
+        endpoint = Endpoint(f"http://127.0.0.1:{port}")
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    async with endpoint.http() as http:
+                        if (await http.get("/readyz")).status_code == 200:
+                            break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.05)  # polling a starting process
+        user = await endpoint.user()
+        clients = [await endpoint.connect(user) for _ in range(3)]
+        await subscribe(clients[0], unique("t"), 1)
+        process.send_signal(signal.SIGTERM)
+        assert [await close_code(client) for client in clients] == [1001, 1001, 1001]
+        assert await stopped_gracefully(process, log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+async def test_every_committed_write_is_published_when_a_worker_stops(
+    cluster: Cluster, workers: list[Endpoint]
+) -> None:
+    stopping, staying = workers
+    user = await staying.user()
+    tag = unique("stop")
+    watcher = await staying.connect(user)  # on the worker that stays
+    await subscribe(watcher, tag, "w")
+    local = await stopping.connect(user)  # a subscriber on the worker that stops
+    await subscribe(local, tag, "l")
+    writer = await stopping.connect(user)
+
+    # Pipeline many writes, then stop the worker while they are being answered.
+    total = 300
+    for n in range(total):
+        await writer.send({"action": "create", "data": {"body": f"#{tag} {n}"}, "request_id": n})
+    answered = [await writer.recv() for _ in range(5)]
+    cluster.workers[0].send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                frame = await writer.recv()
+                if "response_status" in frame:
+                    answered.append(frame)
+    except (ConnectionClosed, TimeoutError):
+        pass
+    assert writer.connection.close_code == 1001
+    assert await close_code(local) == 1001
+    assert await stopped_gracefully(cluster.workers[0])  # type: ignore[arg-type]
+    assert 5 <= len(answered) < total  # it really stopped part-way
+
+    # Every reply the writer got is a committed post; every committed post was published.
+    async with staying.http() as http:
+        listed = (await http.get("/posts", params={"body_contains": f"#{tag} "})).json()
+    committed = {post["pk"] for post in listed}
+    assert {
+        reply["data"]["pk"] for reply in answered if reply["response_status"] == 201
+    } <= committed
+    events: list[int] = []
+    while len(events) < len(committed):
+        event = await watcher.recv()
+        assert event["action"] == "create"
+        events.append(event["pk"])
+    assert sorted(events) == sorted(committed)
+    await barrier(staying, user, watcher)  # and nothing else arrived
+
+    # The stopped worker's Redis subscription went with it: only the staying one is left.
+    async with Redis.from_url(cluster.env["REDIS_URL"]) as redis:
+        channel = channel_for(cluster.env["CHANNEL_PREFIX"], tag)
+        assert dict(await redis.pubsub_numsub(channel)) == {channel.encode(): 1}
