@@ -17,10 +17,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from app.config import Settings
+
 ROOT = Path(__file__).resolve().parents[2]
+_FIELDS = set(Settings.model_fields)
 DEPLOY = ROOT / "deploy"
 _VARIABLE = re.compile(r"\$\{(LIVEPOST_[A-Z_]+)\}")
 
@@ -50,6 +54,9 @@ class Cluster:
         if not env.get("REDIS_URL"):
             raise ValueError("a cluster needs REDIS_URL: workers share events through Redis")
         self.env = {**os.environ, **env}
+        # The workers' settings: this process's environment with env on top, as they get it.
+        overrides: dict[str, Any] = {k.lower(): v for k, v in env.items() if k.lower() in _FIELDS}
+        self.settings = Settings(**overrides)
         self.worker_ports = worker_ports or [free_port() for _ in range(workers)]
         self.lb_port = (lb_port or free_port()) if nginx else None
         self.run_dir = run_dir or Path(tempfile.mkdtemp(prefix="livepost-cluster-"))
@@ -88,6 +95,9 @@ class Cluster:
                     sys.executable, "-m", "uvicorn", "app.main:app",
                     "--host", "127.0.0.1", "--port", str(self.worker_ports[index]),
                     "--log-level", "warning", "--no-access-log",
+                    "--ws-max-size", str(self.settings.ws_max_frame_bytes + 1024),
+                    "--ws-ping-interval", str(self.settings.ws_ping_interval),
+                    "--ws-ping-timeout", str(self.settings.ws_ping_timeout),
                 ],
                 env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip

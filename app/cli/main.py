@@ -105,7 +105,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         port=args.port or settings.port,
         workers=args.workers,
         log_level=settings.log_level,
-        ws_max_size=1 << 20,
+        # uvicorn buffers up to this much of one frame; the app closes with 1009 past its limit.
+        ws_max_size=settings.ws_max_frame_bytes + 1024,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_timeout,
+        access_log=False,  # the app logs requests itself, without query strings (tokens)
     )
     return 0
 
