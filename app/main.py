@@ -8,9 +8,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp
 
 from app.config import Settings
 from app.db import is_unavailable
+from app.logs import LogContextMiddleware, setup_logging
 from app.pubsub.broker import BrokerUnavailable
 from app.runtime import Runtime
 from app.shutdown import install_graceful_stop
@@ -22,13 +24,20 @@ Every committed write is fanned out as create/update/delete events to subscriber
 """
 
 
+class _App(FastAPI):
+    def build_middleware_stack(self) -> ASGIApp:
+        # Outermost, outside Starlette's error middleware: the 500 and 503 answers of
+        # `_unavailable_or_error` carry the request id too and are logged with their status.
+        return LogContextMiddleware(super().build_middleware_stack())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; its lifespan builds and closes the worker's runtime."""
     resolved = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        logging.basicConfig(level=resolved.log_level.upper())
+        setup_logging(resolved)
         runtime = await Runtime.start(resolved)
         app.state.runtime = runtime
         undo_signal = install_graceful_stop(runtime)
@@ -38,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             undo_signal()
             await runtime.close()
 
-    app = FastAPI(title="livepost", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = _App(title="livepost", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.add_exception_handler(Exception, _unavailable_or_error)
     app.include_router(rest_auth.router)
     app.include_router(rest_posts.router)

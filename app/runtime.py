@@ -8,6 +8,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.accounts.service import AccountService
+from app.accounts.throttle import AccountThrottles
 from app.config import Settings
 from app.db import make_engine
 from app.posts.service import PostService
@@ -24,6 +25,7 @@ class Runtime:
     hub: Hub
     posts: PostService
     accounts: AccountService
+    throttles: AccountThrottles
     admission: Admission
 
     @classmethod
@@ -41,6 +43,7 @@ class Runtime:
             hub=hub,
             posts=PostService(engine, broker, settings.channel_prefix),
             accounts=AccountService(engine, secret, settings.token_lifetime_minutes * 60),
+            throttles=AccountThrottles.from_settings(settings),
             admission=Admission(
                 settings.ws_max_connections_per_ip, settings.ws_max_connections_per_user
             ),

@@ -574,8 +574,8 @@ async def test_openapi_documents_every_route(live: Stack) -> None:
         for path, ops in schema["paths"].items()
     }
     assert documented == {
-        "/auth/register": {"post": ["201", "409", "422"]},
-        "/auth/token": {"post": ["200", "401", "422"]},
+        "/auth/register": {"post": ["201", "409", "422", "429"]},
+        "/auth/token": {"post": ["200", "401", "422", "429"]},
         "/posts": {"get": ["200", "422"], "post": ["201", "401", "422"]},
         "/posts/{pk}": {
             "get": ["200", "404", "422"],

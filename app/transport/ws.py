@@ -17,6 +17,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from app.accounts.service import Identity
+from app.logs import bind_log_fields
 from app.protocol.admission import Ticket
 from app.protocol.outgoing import Outgoing
 from app.protocol.session import Session
@@ -71,6 +72,8 @@ async def live_posts(websocket: WebSocket) -> None:
     if not well_formed or (token is not None and identity is None):
         await websocket.close(code=CLOSE_POLICY_VIOLATION)
         return
+    # The connection's log lines (its id and connect/close lines come from app.logs) name the user.
+    bind_log_fields(user_id=identity.user_id if identity else None)
     connection = LiveConnection(websocket, runtime, identity)
     ip = websocket.client.host if websocket.client else "unknown"
     ticket = runtime.admission.admit(
