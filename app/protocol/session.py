@@ -15,6 +15,7 @@ from typing import Any
 from app.accounts.service import AccountService, Identity
 from app.config import Settings
 from app.db import is_unavailable
+from app.logs import bind_log_fields
 from app.posts.service import PostService
 from app.posts.validation import FieldErrors
 from app.protocol.actions import ACTIONS, ANONYMOUS_ACTIONS
@@ -164,6 +165,7 @@ class Session:
         if self._ticket is not None and not self._ticket.switch_user(identity.user_id):
             raise ProtocolError(429, [TOO_MANY_CONNECTIONS])
         self.identity = identity
+        bind_log_fields(user_id=identity.user_id)
         return True
 
     async def subscribe(self, tag: str) -> None:
