@@ -16,9 +16,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.cli.cluster import free_port
+from app.cli.cluster import Cluster, free_port
 from app.config import Settings
-from tests.support import unique
+from tests.support import CLUSTER_SECRET, unique
 
 PG_URL = os.environ.get("LIVEPOST_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("LIVEPOST_TEST_REDIS_URL")
@@ -35,7 +35,9 @@ def require_services() -> tuple[str, str]:
     pytest.skip(message)
 
 
-async def _admin(url: str, statement: str) -> None:
+async def admin_sql(url: str, statement: str) -> None:
+    """Run statement (CREATE/DROP DATABASE) on the `postgres` database of url's server, outside
+    a transaction. url may name any driver: Settings picks the async one."""
     admin = make_url(Settings(database_url=url).database_url).set(database="postgres")
     engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
     try:
@@ -49,11 +51,36 @@ async def _admin(url: str, statement: str) -> None:
 def fresh_database(url: str) -> Iterator[str]:
     """A new, empty PostgreSQL database on url's server, dropped afterwards."""
     name = unique("lp_")
-    asyncio.run(_admin(url, f'CREATE DATABASE "{name}"'))
+    asyncio.run(admin_sql(url, f'CREATE DATABASE "{name}"'))
     try:
         yield make_url(url).set(database=name).render_as_string(hide_password=False)
     finally:
-        asyncio.run(_admin(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin_sql(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def running_cluster(
+    workers: int, redis_url: str | None = None, *, nginx: bool, prefix: str | None = None
+) -> Iterator[Cluster]:
+    """A started Cluster of `workers` processes on a fresh database, stopped afterwards.
+
+    redis_url defaults to the shared test Redis; prefix, when given, is its CHANNEL_PREFIX.
+    Skips (or fails under LIVEPOST_REQUIRE_SERVICES=1) without PostgreSQL and Redis."""
+    pg_url, shared_redis_url = require_services()
+    with fresh_database(pg_url) as database_url:
+        env = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url or shared_redis_url,
+            "JWT_SECRET": CLUSTER_SECRET,
+        }
+        if prefix is not None:
+            env["CHANNEL_PREFIX"] = prefix
+        deployment = Cluster(workers, env, nginx=nginx)
+        try:
+            deployment.start()
+            yield deployment
+        finally:
+            deployment.stop()
 
 
 class RedisServer:

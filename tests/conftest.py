@@ -17,9 +17,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.cli.cluster import Cluster
 from app.config import Settings
 from app.migrations import upgrade_to_head
-from tests.support import Server, Stack, unique
+from tests.support import Endpoint, Server, Stack, unique
 
 PG_URL = os.environ.get("LIVEPOST_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("LIVEPOST_TEST_REDIS_URL")
@@ -98,3 +99,14 @@ async def live(stack: Stack) -> AsyncIterator[Stack]:
     """The stack, closing the WebSocket clients a test opened."""
     yield stack
     await stack.close_clients()
+
+
+@pytest.fixture
+async def workers(cluster: Cluster) -> AsyncIterator[list[Endpoint]]:
+    """Clients for each worker of the module's `cluster` fixture, closing what a test opened.
+
+    Every module that uses it defines its own module-scoped `cluster`."""
+    endpoints = [Endpoint(url) for url in cluster.worker_urls]
+    yield endpoints
+    for endpoint in endpoints:
+        await endpoint.close_clients()

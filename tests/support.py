@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +21,10 @@ from app.main import create_app
 TIMEOUT = 10.0
 PASSWORD = "correct horse battery"
 CLUSTER_SECRET = "cluster-test-secret-" + "y" * 32
+CLI_TIMEOUT = 60.0
+_SCRIPT = Path(sys.executable).with_name("livepost")
+# The installed console script, or the same entry point through the interpreter.
+CLI_COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "app.cli.main"]
 
 
 def unique(prefix: str = "t") -> str:
@@ -144,17 +150,41 @@ class Stack(Endpoint):
         self.server = server
 
 
+# --- expected replies (PROTOCOL.md's five keys) --------------------------------------------
+
+
+def ok(action: str, data: Any, request_id: Any = None, status: int = 200) -> dict[str, Any]:
+    """A successful reply, all five keys."""
+    return {
+        "errors": [],
+        "data": data,
+        "action": action,
+        "response_status": status,
+        "request_id": request_id,
+    }
+
+
+def fail(action: Any, status: int, errors: list[Any], request_id: Any = None) -> dict[str, Any]:
+    """A failed reply: `data` is null on failure."""
+    return {
+        "errors": errors,
+        "data": None,
+        "action": action,
+        "response_status": status,
+        "request_id": request_id,
+    }
+
+
+def wrapped(payload: dict[str, Any], stream: str = "posts") -> dict[str, Any]:
+    """A multiplexed frame: the request, reply or event inside its stream."""
+    return {"stream": stream, "payload": payload}
+
+
 async def subscribe(client: WsClient, tag: str, request_id: Any) -> None:
     reply = await client.ask(
         {"action": "subscribe_to_hashtag", "hashtag": tag, "request_id": request_id}
     )
-    assert reply == {
-        "errors": [],
-        "data": {},
-        "action": "subscribe_to_hashtag",
-        "response_status": 201,
-        "request_id": request_id,
-    }
+    assert reply == ok("subscribe_to_hashtag", {}, request_id, 201)
 
 
 async def barrier(stack: Endpoint, writer: User, *clients: WsClient) -> None:
@@ -187,3 +217,59 @@ def post_json(post: dict[str, Any]) -> dict[str, Any]:
     """The expected post shape: exactly these keys."""
     assert set(post) == {"pk", "author", "body", "created_at", "version"}, post
     return post
+
+
+def assert_post_is(post: dict[str, Any], *, author: int, body: str, version: int) -> None:
+    """The whole post: exactly its five keys, with these author, body and version."""
+    post_json(post)
+    assert post == {
+        "pk": post["pk"],
+        "author": author,
+        "body": body,
+        "created_at": post["created_at"],
+        "version": version,
+    }
+
+
+# --- the livepost CLI ----------------------------------------------------------------------
+
+
+@dataclass
+class CliResult:
+    """What one run of the `livepost` console script did."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        assert self.returncode == 0, self
+        return json.loads(self.stdout)
+
+    def json_lines(self) -> list[Any]:
+        assert self.returncode == 0, self
+        return [json.loads(line) for line in self.stdout.splitlines()]
+
+
+async def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> CliResult:
+    """Run `livepost *args` as a subprocess with exactly env (and cwd).
+
+    The process is killed if it outlasts CLI_TIMEOUT (TimeoutError) or the caller gives up."""
+    process = await asyncio.create_subprocess_exec(
+        *CLI_COMMAND,
+        *args,
+        env=env,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(CLI_TIMEOUT):
+            stdout, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode is not None
+    return CliResult(process.returncode, stdout.decode(), stderr.decode())

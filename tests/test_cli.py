@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +12,19 @@ import pytest
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.support import PASSWORD, Stack, post_json, subscribe, unique
+from app.cli.cluster import free_port
+from tests.support import (
+    CLI_TIMEOUT,
+    PASSWORD,
+    CliResult,
+    Stack,
+    assert_post_is,
+    run_cli,
+    subscribe,
+    unique,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = Path(sys.executable).parent / "livepost"
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "app.cli.main"]
-CLI_TIMEOUT = 60.0
 CLOSED_SERVER = "http://127.0.0.1:9"
 # Settings the CLI reads from the environment; each test states the ones it means.
 SETTINGS_VARIABLES = (
@@ -34,21 +38,6 @@ SETTINGS_VARIABLES = (
     "PORT",
     "LIVEPOST_PASSWORD",
 )
-
-
-@dataclass
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        assert self.code == 0, self
-        return json.loads(self.stdout)
-
-    def json_lines(self) -> list[Any]:
-        assert self.code == 0, self
-        return [json.loads(line) for line in self.stdout.splitlines()]
 
 
 def cli_env(**variables: str | None) -> dict[str, str]:
@@ -71,29 +60,8 @@ def stack_env(live: Stack, server_url: str | None = None) -> dict[str, str]:
     )
 
 
-async def run(env: dict[str, str], *args: str, cwd: Path) -> Result:
-    process = await asyncio.create_subprocess_exec(
-        *COMMAND,
-        *args,
-        env=env,
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(CLI_TIMEOUT):
-            stdout, stderr = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return Result(process.returncode, stdout.decode(), stderr.decode())
-
-
-async def cli(live: Stack, tmp_path: Path, *args: str, server_url: str | None = None) -> Result:
-    return await run(stack_env(live, server_url), *args, cwd=tmp_path)
+async def cli(live: Stack, tmp_path: Path, *args: str, server_url: str | None = None) -> CliResult:
+    return await run_cli(*args, env=stack_env(live, server_url), cwd=tmp_path)
 
 
 async def cli_user(live: Stack, tmp_path: Path) -> dict[str, Any]:
@@ -108,15 +76,46 @@ def headers(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def assert_cli_post(post: dict[str, Any], *, author: int, body: str, version: int) -> None:
-    post_json(post)
-    assert post == {
-        "pk": post["pk"],
-        "author": author,
-        "body": body,
-        "created_at": post["created_at"],
-        "version": version,
-    }
+async def others_post_is_not_theirs(
+    live: Stack, tmp_path: Path, *, marker: str, server_url: str | None = None
+) -> None:
+    """Mallory's CLI edit and delete of Alice's post both say Not found; the post stays."""
+    alice, mallory = await live.user(), await live.user()
+    async with live.http() as client:
+        response = await client.post(
+            "/posts", json={"body": unique(marker)}, headers=headers(alice.token)
+        )
+        assert response.status_code == 201
+        post = response.json()
+        pk = str(post["pk"])
+        edit = await cli(
+            live,
+            tmp_path,
+            "post",
+            "edit",
+            "--user",
+            mallory.username,
+            "--pk",
+            pk,
+            "--body",
+            "x",
+            server_url=server_url,
+        )
+        delete = await cli(
+            live,
+            tmp_path,
+            "post",
+            "delete",
+            "--user",
+            mallory.username,
+            "--pk",
+            pk,
+            server_url=server_url,
+        )
+        fetched = await client.get(f"/posts/{pk}")
+    assert edit == CliResult(1, "", "livepost: Not found\n")
+    assert delete == CliResult(1, "", "livepost: Not found\n")
+    assert fetched.json() == post
 
 
 # --- users -------------------------------------------------------------------------------
@@ -139,7 +138,7 @@ async def test_user_create_then_log_in_over_rest(live: Stack, tmp_path: Path) ->
 async def test_user_create_duplicate_fails(live: Stack, tmp_path: Path) -> None:
     user = await live.user()
     result = await cli(live, tmp_path, "user", "create", user.username, "--password", "other pw 1")
-    assert result == Result(1, "", f"livepost: username {user.username!r} is taken\n")
+    assert result == CliResult(1, "", f"livepost: username {user.username!r} is taken\n")
     async with live.http() as client:
         token = await client.post(
             "/auth/token", data={"username": user.username, "password": PASSWORD}
@@ -149,19 +148,19 @@ async def test_user_create_duplicate_fails(live: Stack, tmp_path: Path) -> None:
 
 async def test_user_create_rejects_invalid_input(live: Stack, tmp_path: Path) -> None:
     short = await cli(live, tmp_path, "user", "create", unique("short"), "--password", "short")
-    assert short.code != 0 and short.stdout == "", short
+    assert short.returncode != 0 and short.stdout == "", short
     assert "password" in short.stderr, short
     bad_name = await cli(
         live, tmp_path, "user", "create", unique("bad") + " !", "--password", PASSWORD
     )
-    assert bad_name.code != 0 and bad_name.stdout == "", bad_name
+    assert bad_name.returncode != 0 and bad_name.stdout == "", bad_name
     assert "username" in bad_name.stderr, bad_name
 
 
 async def test_user_token_works_over_rest(live: Stack, tmp_path: Path) -> None:
     user = await live.user()
     result = await cli(live, tmp_path, "user", "token", user.username)
-    assert result.code == 0, result
+    assert result.returncode == 0, result
     token = result.stdout.strip()
     assert result.stdout == token + "\n" and token.count(".") == 2
     async with live.http() as client:
@@ -175,7 +174,7 @@ async def test_user_token_works_over_rest(live: Stack, tmp_path: Path) -> None:
 async def test_user_token_for_unknown_user_fails(live: Stack, tmp_path: Path) -> None:
     name = unique("nobody")
     result = await cli(live, tmp_path, "user", "token", name)
-    assert result == Result(1, "", f"livepost: no user {name!r}\n")
+    assert result == CliResult(1, "", f"livepost: no user {name!r}\n")
 
 
 # --- posts -------------------------------------------------------------------------------
@@ -187,7 +186,7 @@ async def test_post_create_is_retrievable_over_rest(live: Stack, tmp_path: Path)
     post = (
         await cli(live, tmp_path, "post", "create", "--user", user.username, "--body", f"  {text} ")
     ).json()
-    assert_cli_post(post, author=user.id, body=text, version=1)
+    assert_post_is(post, author=user.id, body=text, version=1)
     async with live.http() as client:
         fetched = await client.get(f"/posts/{post['pk']}")
     assert (fetched.status_code, fetched.json()) == (200, post)
@@ -201,7 +200,7 @@ async def test_post_create_reaches_subscribers(live: Stack, tmp_path: Path) -> N
     post = (
         await cli(live, tmp_path, "post", "create", "--user", user.username, "--body", f"#{tag}")
     ).json()
-    assert_cli_post(post, author=user.id, body=f"#{tag}", version=1)
+    assert_post_is(post, author=user.id, body=f"#{tag}", version=1)
     event = await watcher.recv()
     assert event == {"action": "create", "pk": post["pk"], "data": post, "request_id": "cli-watch"}
 
@@ -222,11 +221,11 @@ async def test_post_edit_and_delete(live: Stack, tmp_path: Path) -> None:
     async with live.http() as client:
         assert (await client.get(f"/posts/{pk}")).json() == edited
         deleted = await cli(live, tmp_path, "post", "delete", "--user", user.username, "--pk", pk)
-        assert deleted == Result(0, "", "")
+        assert deleted == CliResult(0, "", "")
         gone = await client.get(f"/posts/{pk}")
     assert (gone.status_code, gone.json()) == (404, {"detail": "Not found"})
     again = await cli(live, tmp_path, "post", "delete", "--user", user.username, "--pk", pk)
-    assert again == Result(1, "", "livepost: Not found\n")
+    assert again == CliResult(1, "", "livepost: Not found\n")
 
 
 async def test_post_edit_invalid_body_fails(live: Stack, tmp_path: Path) -> None:
@@ -238,35 +237,20 @@ async def test_post_edit_invalid_body_fails(live: Stack, tmp_path: Path) -> None
     blank = await cli(
         live, tmp_path, "post", "edit", "--user", user.username, "--pk", pk, "--body", "   "
     )
-    assert blank.code != 0 and blank.stdout == "", blank
+    assert blank.returncode != 0 and blank.stdout == "", blank
     assert "blank" in blank.stderr, blank
     async with live.http() as client:
         assert (await client.get(f"/posts/{pk}")).json() == created
 
 
 async def test_editing_someone_elses_post_fails(live: Stack, tmp_path: Path) -> None:
-    alice, mallory = await live.user(), await live.user()
-    async with live.http() as client:
-        response = await client.post(
-            "/posts", json={"body": unique("alice")}, headers=headers(alice.token)
-        )
-        assert response.status_code == 201
-        post = response.json()
-        pk = str(post["pk"])
-        edit = await cli(
-            live, tmp_path, "post", "edit", "--user", mallory.username, "--pk", pk, "--body", "x"
-        )
-        delete = await cli(live, tmp_path, "post", "delete", "--user", mallory.username, "--pk", pk)
-        fetched = await client.get(f"/posts/{pk}")
-    assert edit == Result(1, "", "livepost: Not found\n")
-    assert delete == Result(1, "", "livepost: Not found\n")
-    assert fetched.json() == post
+    await others_post_is_not_theirs(live, tmp_path, marker="alice")
 
 
 async def test_post_as_unknown_user_fails(live: Stack, tmp_path: Path) -> None:
     name = unique("ghost")
     result = await cli(live, tmp_path, "post", "create", "--user", name, "--body", "boo")
-    assert result == Result(1, "", f"livepost: no user {name!r}\n")
+    assert result == CliResult(1, "", f"livepost: no user {name!r}\n")
 
 
 async def test_post_list(live: Stack, tmp_path: Path) -> None:
@@ -306,7 +290,7 @@ async def test_write_without_a_server_goes_to_the_database(live: Stack, tmp_path
         server_url=CLOSED_SERVER,
     )
     post = result.json()
-    assert_cli_post(post, author=user.id, body=text, version=1)
+    assert_post_is(post, author=user.id, body=text, version=1)
     edited = (
         await cli(
             live,
@@ -330,58 +314,17 @@ async def test_write_without_a_server_goes_to_the_database(live: Stack, tmp_path
 
 async def test_direct_write_to_missing_post_says_not_found(live: Stack, tmp_path: Path) -> None:
     """Without a server to hand the write to, a refused write reads as it does over REST."""
-    alice, mallory = await live.user(), await live.user()
-    async with live.http() as client:
-        response = await client.post(
-            "/posts", json={"body": unique("mine")}, headers=headers(alice.token)
-        )
-        assert response.status_code == 201
-        post = response.json()
-        pk = str(post["pk"])
-        edit = await cli(
-            live,
-            tmp_path,
-            "post",
-            "edit",
-            "--user",
-            mallory.username,
-            "--pk",
-            pk,
-            "--body",
-            "x",
-            server_url=CLOSED_SERVER,
-        )
-        delete = await cli(
-            live,
-            tmp_path,
-            "post",
-            "delete",
-            "--user",
-            mallory.username,
-            "--pk",
-            pk,
-            server_url=CLOSED_SERVER,
-        )
-        fetched = await client.get(f"/posts/{pk}")
-    assert edit == Result(1, "", "livepost: Not found\n")
-    assert delete == Result(1, "", "livepost: Not found\n")
-    assert fetched.json() == post
+    await others_post_is_not_theirs(live, tmp_path, marker="mine", server_url=CLOSED_SERVER)
 
 
 # --- serve and migrate -------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_serve_with_workers_needs_redis(tmp_path: Path) -> None:
     port = free_port()
     env = cli_env(DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}", JWT_SECRET="s" * 40)
-    result = await run(env, "serve", "--workers", "2", "--port", str(port), cwd=tmp_path)
-    assert result.code != 0, result
+    result = await run_cli("serve", "--workers", "2", "--port", str(port), env=env, cwd=tmp_path)
+    assert result.returncode != 0, result
     assert result.stdout == ""
     assert "REDIS_URL" in result.stderr, result
     assert "Traceback" not in result.stderr, result
@@ -393,8 +336,8 @@ async def test_serve_with_workers_needs_redis(tmp_path: Path) -> None:
 
 async def test_serve_on_postgres_without_secret_refuses(tmp_path: Path) -> None:
     env = cli_env(DATABASE_URL="postgresql://livepost@127.0.0.1:9/livepost")
-    result = await run(env, "serve", "--port", str(free_port()), cwd=tmp_path)
-    assert result.code != 0, result
+    result = await run_cli("serve", "--port", str(free_port()), env=env, cwd=tmp_path)
+    assert result.returncode != 0, result
     assert result.stdout == ""
     assert "JWT_SECRET" in result.stderr, result
     assert "Traceback" not in result.stderr, result
@@ -404,8 +347,8 @@ async def test_serve_on_postgres_without_secret_refuses(tmp_path: Path) -> None:
 async def test_migrate_creates_the_tables(tmp_path: Path) -> None:
     database = tmp_path / "fresh.db"
     env = cli_env(DATABASE_URL=f"sqlite:///{database}")
-    result = await run(env, "migrate", cwd=tmp_path)
-    assert (result.code, result.stdout) == (0, ""), result
+    result = await run_cli("migrate", env=env, cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, ""), result
     engine = create_async_engine(f"sqlite+aiosqlite:///{database}")
     try:
         async with asyncio.timeout(CLI_TIMEOUT), engine.connect() as conn:
@@ -417,6 +360,6 @@ async def test_migrate_creates_the_tables(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args", [(), ("user",), ("post",)])
 async def test_no_command_prints_usage(args: tuple[str, ...], tmp_path: Path) -> None:
-    result = await run(cli_env(), *args, cwd=tmp_path)
-    assert result.code != 0, result
+    result = await run_cli(*args, env=cli_env(), cwd=tmp_path)
+    assert result.returncode != 0, result
     assert "usage: livepost" in result.stdout + result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -14,36 +13,17 @@ from redis.asyncio import Redis
 
 from app.cli.cluster import Cluster
 from app.pubsub.channels import channel_for
-from tests.cluster_support import fresh_database, require_services
-from tests.support import CLUSTER_SECRET, Endpoint, WsClient, barrier, subscribe, unique
+from tests.cluster_support import running_cluster
+from tests.support import Endpoint, WsClient, barrier, run_cli, subscribe, unique
 
 WORKERS = 2
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    pg_url, redis_url = require_services()
-    with fresh_database(pg_url) as database_url:
-        env = {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "JWT_SECRET": CLUSTER_SECRET,
-            "CHANNEL_PREFIX": unique("lpc"),
-        }
-        deployment = Cluster(WORKERS, env)
-        try:
-            deployment.start()
-            yield deployment
-        finally:
-            deployment.stop()
-
-
-@pytest.fixture
-async def workers(cluster: Cluster) -> AsyncIterator[list[Endpoint]]:
-    endpoints = [Endpoint(url) for url in cluster.worker_urls]
-    yield endpoints
-    for endpoint in endpoints:
-        await endpoint.close_clients()
+    """Two workers on the shared Redis, behind nginx; `workers` (conftest) gives their clients."""
+    with running_cluster(WORKERS, nginx=True, prefix=unique("lpc")) as deployment:
+        yield deployment
 
 
 @pytest.fixture
@@ -127,16 +107,13 @@ async def test_rest_and_cli_writes_reach_every_worker(
             "request_id": "s",
         }  # fmt: skip
 
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app.cli.main", "post", "create",
-        "--user", user.username, "--body", f"cli #{tag}",
-        env={**os.environ, **{k: v for k, v in cluster.env.items() if k.isupper()}},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    env = {**os.environ, **{k: v for k, v in cluster.env.items() if k.isupper()}}
     async with asyncio.timeout(30):
-        out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    post = json.loads(out)
+        result = await run_cli(
+            "post", "create", "--user", user.username, "--body", f"cli #{tag}", env=env
+        )
+    assert result.returncode == 0, result.stderr
+    post = json.loads(result.stdout)
     for subscriber in subscribers:
         assert await subscriber.recv() == {
             "action": "create", "pk": post["pk"], "data": post, "request_id": "s",

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,11 +15,21 @@ import pytest
 from redis.asyncio import Redis
 
 from app.pubsub.channels import channel_for
-from tests.support import Stack, User, WsClient, barrier, post_json, subscribe, unique
+from tests.support import (
+    Stack,
+    User,
+    WsClient,
+    barrier,
+    fail,
+    ok,
+    post_json,
+    run_cli,
+    subscribe,
+    unique,
+    wrapped,
+)
 
 SUB = 102  # the request_id the seed's example subscribes with
-LIVEPOST = Path(sys.executable).with_name("livepost")
-CLI_TIMEOUT = 60.0
 
 BLANK = "This field may not be blank."
 NOT_FOUND = ["Not found"]
@@ -30,35 +38,10 @@ NOT_FOUND = ["Not found"]
 # ---- expected frames ---------------------------------------------------------------------------
 
 
-def ok(action: str, data: Any, status: int, request_id: Any) -> dict[str, Any]:
-    """A successful reply, all five keys."""
-    return {
-        "errors": [],
-        "data": data,
-        "action": action,
-        "response_status": status,
-        "request_id": request_id,
-    }
-
-
-def failed(action: str, errors: list[Any], status: int, request_id: Any) -> dict[str, Any]:
-    return {
-        "errors": errors,
-        "data": None,
-        "action": action,
-        "response_status": status,
-        "request_id": request_id,
-    }
-
-
 def event(action: str, post: dict[str, Any], request_id: Any) -> dict[str, Any]:
     """The event a subscription gets; a delete carries only the pk."""
     data = {"pk": post["pk"]} if action == "delete" else post
     return {"action": action, "pk": post["pk"], "data": data, "request_id": request_id}
-
-
-def wrapped(frame: dict[str, Any]) -> dict[str, Any]:
-    return {"stream": "posts", "payload": frame}
 
 
 # ---- writes ------------------------------------------------------------------------------------
@@ -68,7 +51,7 @@ async def ws_create(client: WsClient, body: str, request_id: Any = 1) -> dict[st
     """Create over the socket; the next frame must be the reply (so it precedes any event)."""
     reply = await client.ask({"action": "create", "data": {"body": body}, "request_id": request_id})
     post = post_json(reply["data"])
-    assert reply == ok("create", post, 201, request_id)
+    assert reply == ok("create", post, request_id, 201)
     assert post["body"] == body.strip() and post["version"] == 1
     return post
 
@@ -80,18 +63,18 @@ async def ws_update(
     request = {"action": action, "pk": post["pk"], "data": {"body": body}, "request_id": request_id}
     reply = await client.ask(request)
     changed = {**post, "body": body.strip(), "version": post["version"] + 1}
-    assert reply == ok(action, changed, 200, request_id)
+    assert reply == ok(action, changed, request_id, 200)
     return changed
 
 
 async def ws_delete(client: WsClient, post: dict[str, Any], request_id: Any = 3) -> None:
     reply = await client.ask({"action": "delete", "pk": post["pk"], "request_id": request_id})
-    assert reply == ok("delete", None, 204, request_id)
+    assert reply == ok("delete", None, request_id, 204)
 
 
 async def ws_retrieve(client: WsClient, pk: int) -> dict[str, Any]:
     reply = await client.ask({"action": "retrieve", "pk": pk, "request_id": "get"})
-    assert reply == ok("retrieve", reply["data"], 200, "get")
+    assert reply == ok("retrieve", reply["data"], "get", 200)
     return post_json(reply["data"])
 
 
@@ -105,7 +88,7 @@ async def rest(
 
 async def unsubscribe(client: WsClient, tag: str, request_id: Any) -> None:
     request = {"action": "unsubscribe_from_hashtag", "hashtag": tag, "request_id": request_id}
-    assert await client.ask(request) == ok("unsubscribe_from_hashtag", {}, 204, request_id)
+    assert await client.ask(request) == ok("unsubscribe_from_hashtag", {}, request_id, 204)
 
 
 async def recv_all(client: WsClient, count: int) -> list[Any]:
@@ -181,7 +164,7 @@ async def test_subscribe_without_request_id_is_the_null_subscription(live: Stack
     tag = unique("tag")
     sub = await live.connect(alice)
     reply = await sub.ask({"action": "subscribe_to_hashtag", "hashtag": tag})
-    assert reply == ok("subscribe_to_hashtag", {}, 201, None)
+    assert reply == ok("subscribe_to_hashtag", {}, None, 201)
     # An explicit null names the same subscription: one event, not two.
     await subscribe(sub, tag, None)
     post = await ws_create(await live.connect(alice), f"#{tag}")
@@ -290,7 +273,7 @@ async def test_write_that_changes_nothing_is_no_event_and_same_version(
     data = {key: value.format(tag=tag) for key, value in data.items()}
     if transport == "ws":
         request = {"action": method, "pk": post["pk"], "data": data, "request_id": 7}
-        assert await writer.ask(request) == ok(method, post, 200, 7)
+        assert await writer.ask(request) == ok(method, post, 7, 200)
     else:
         response = await rest(live, alice, method, f"/posts/{post['pk']}", data)
         assert (response.status_code, response.json()) == (200, post)
@@ -353,7 +336,7 @@ async def test_failed_ws_write_is_no_event(
             key: value.format(tag=tag) if isinstance(value, str) else value
             for key, value in data.items()
         }
-    assert await writer.ask(request) == failed(action, errors, status, 9)
+    assert await writer.ask(request) == fail(action, status, errors, 9)
     await barrier(live, bob, *dict.fromkeys([owner, writer]))  # each connection once
     assert await ws_retrieve(owner, post["pk"]) == post
 
@@ -473,7 +456,7 @@ async def test_multiplexed_subscription_gets_wrapped_events(live: Stack) -> None
     tag = unique("tag")
     sub = await live.connect(alice)
     reply = await multiplexed(sub, "subscribe_to_hashtag", tag, 7)
-    assert reply == wrapped(ok("subscribe_to_hashtag", {}, 201, 7))
+    assert reply == wrapped(ok("subscribe_to_hashtag", {}, 7, 201))
     writer = await live.connect(bob)
 
     post = await ws_create(writer, f"#{tag}")
@@ -491,7 +474,7 @@ async def test_bare_and_wrapped_with_one_request_id_are_two_subscriptions(live: 
     sub = await live.connect(alice)
     await subscribe(sub, tag, SUB)
     reply = await multiplexed(sub, "subscribe_to_hashtag", tag, SUB)
-    assert reply == wrapped(ok("subscribe_to_hashtag", {}, 201, SUB))
+    assert reply == wrapped(ok("subscribe_to_hashtag", {}, SUB, 201))
     writer = await live.connect(bob)
 
     post = await ws_create(writer, f"#{tag}")
@@ -506,7 +489,7 @@ async def test_bare_and_wrapped_with_one_request_id_are_two_subscriptions(live: 
     # The wrapped unsubscribe names the wrapped subscription, which holds the tag: the bare
     # one keeps it.
     reply = await multiplexed(sub, "unsubscribe_from_hashtag", tag, SUB)
-    assert reply == wrapped(ok("unsubscribe_from_hashtag", {}, 204, SUB))
+    assert reply == wrapped(ok("unsubscribe_from_hashtag", {}, SUB, 204))
     post = await ws_update(writer, post, f"#{tag} edited")
     assert await sub.recv() == event("update", post, SUB)
     await barrier(live, bob, sub)
@@ -658,22 +641,9 @@ async def cli(live: Stack, *args: str) -> str:
         "REDIS_URL": live.settings.redis_url or "",
         "CHANNEL_PREFIX": live.settings.channel_prefix,
     }
-    process = await asyncio.create_subprocess_exec(
-        str(LIVEPOST),
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(CLI_TIMEOUT):
-            stdout, stderr = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode == 0, stderr.decode()
-    return stdout.decode()
+    result = await run_cli(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 async def test_cli_writes_raise_events(live: Stack) -> None:
@@ -790,7 +760,7 @@ async def send_updates(writer: WsClient, post: dict[str, Any], tag: str) -> list
 
 
 def update_reply(post: dict[str, Any]) -> dict[str, Any]:
-    return ok("update", post, 200, f"u{post['version']}")
+    return ok("update", post, f"u{post['version']}", 200)
 
 
 async def test_burst_of_updates_arrives_in_version_order(live: Stack) -> None:

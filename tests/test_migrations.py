@@ -24,21 +24,11 @@ import app.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from alembic import command
 from app.config import Settings
 from app.migrations import alembic_config, upgrade_to_head
+from tests.cluster_support import admin_sql
 
 PG_URL = os.environ.get("LIVEPOST_TEST_DATABASE_URL")
 REQUIRE = os.environ.get("LIVEPOST_REQUIRE_SERVICES") == "1"
 TIMEOUT = 60.0
-
-
-async def _admin(url: str, statement: str) -> None:
-    """Run CREATE/DROP DATABASE on the server's `postgres` database (outside a transaction)."""
-    admin_url = make_url(url).set(database="postgres")
-    engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -54,12 +44,12 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     shared = Settings(database_url=PG_URL).database_url
     name = f"livepost_mig_{uuid.uuid4().hex[:12]}"
     async with asyncio.timeout(TIMEOUT):
-        await _admin(shared, f'CREATE DATABASE "{name}"')
+        await admin_sql(shared, f'CREATE DATABASE "{name}"')
     try:
         yield make_url(shared).set(database=name).render_as_string(hide_password=False)
     finally:
         async with asyncio.timeout(TIMEOUT):
-            await _admin(shared, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin_sql(shared, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def _with_connection(url: str, work: Any) -> Any:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from app.cli.cluster import Cluster
-from tests.cluster_support import RedisServer, fresh_database, require_services
-from tests.support import CLUSTER_SECRET, Endpoint, subscribe, unique
+from tests.cluster_support import RedisServer, require_services, running_cluster
+from tests.support import Endpoint, subscribe, unique
 
 RECOVERY = 2.0  # delivery must resume within this many seconds of Redis coming back
 
@@ -27,27 +27,9 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def cluster(redis_server: RedisServer) -> Iterator[Cluster]:
-    pg_url, _ = require_services()
-    with fresh_database(pg_url) as database_url:
-        env = {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_server.url,
-            "JWT_SECRET": CLUSTER_SECRET,
-        }
-        deployment = Cluster(2, env, nginx=False)
-        try:
-            deployment.start()
-            yield deployment
-        finally:
-            deployment.stop()
-
-
-@pytest.fixture
-async def workers(cluster: Cluster) -> AsyncIterator[list[Endpoint]]:
-    endpoints = [Endpoint(url) for url in cluster.worker_urls]
-    yield endpoints
-    for endpoint in endpoints:
-        await endpoint.close_clients()
+    """Two workers on the private Redis, no nginx; `workers` (conftest) gives their clients."""
+    with running_cluster(2, redis_server.url, nginx=False) as deployment:
+        yield deployment
 
 
 async def ready_status(endpoint: Endpoint) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.support import PASSWORD, Stack, User, post_json, unique
+from tests.support import PASSWORD, Stack, User, assert_post_is, post_json, unique
 
 NOT_FOUND = {"detail": "Not found"}
 NOT_AUTHENTICATED = {"detail": "Not authenticated"}
@@ -43,13 +43,7 @@ def assert_post(post: dict[str, Any], *, author: int, body: str, version: int) -
     assert isinstance(post["pk"], int) and post["pk"] >= 1
     assert isinstance(post["created_at"], str)
     assert datetime.fromisoformat(post["created_at"]).tzinfo is not None, post
-    assert post == {
-        "pk": post["pk"],
-        "author": author,
-        "body": body,
-        "created_at": post["created_at"],
-        "version": version,
-    }
+    assert_post_is(post, author=author, body=body, version=version)
 
 
 def error_locs(response: httpx.Response) -> list[list[str | int]]:

@@ -17,7 +17,17 @@ from websockets.exceptions import InvalidStatus
 
 import app.protocol.session as session_module
 from app.security import issue_token
-from tests.support import Stack, User, WsClient, barrier, post_json, unique
+from tests.support import (
+    Stack,
+    User,
+    WsClient,
+    barrier,
+    fail,
+    ok,
+    post_json,
+    unique,
+    wrapped,
+)
 
 Post = dict[str, Any]
 
@@ -29,34 +39,8 @@ ABSENT_PK = 2**62  # a valid BIGINT no test stack ever reaches
 # --- expected replies ---------------------------------------------------------------------
 
 
-def ok(action: str, data: Any, request_id: Any = None, status: int = 200) -> dict[str, Any]:
-    """A successful reply, all five keys."""
-    return {
-        "errors": [],
-        "data": data,
-        "action": action,
-        "response_status": status,
-        "request_id": request_id,
-    }
-
-
-def fail(action: Any, status: int, errors: list[Any], request_id: Any = None) -> dict[str, Any]:
-    """A failed reply: `data` is null on failure."""
-    return {
-        "errors": errors,
-        "data": None,
-        "action": action,
-        "response_status": status,
-        "request_id": request_id,
-    }
-
-
 def required(field: str) -> list[Any]:
     return [{field: ["This field is required."]}]
-
-
-def wrapped(payload: dict[str, Any], stream: str = "posts") -> dict[str, Any]:
-    return {"stream": stream, "payload": payload}
 
 
 # --- small steps ---------------------------------------------------------------------------
