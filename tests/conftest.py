@@ -12,6 +12,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -28,6 +29,13 @@ REQUIRE = os.environ.get("LIVEPOST_REQUIRE_SERVICES") == "1"
 SECRET = "test-secret-" + "x" * 32
 
 STACKS = ["sqlite+memory", "postgres+memory", "postgres+redis"]
+GENEROUS_LIMITS: dict[str, Any] = {
+    "ws_rate_per_second": 1_000_000.0,
+    "ws_rate_burst": 1_000_000,
+    "login_failures_per_username": 1_000_000,
+    "login_failures_per_ip": 1_000_000,
+    "registrations_per_ip": 1_000_000,
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -82,7 +90,13 @@ async def stack(
     url = await database_url_for(name, tmp_path_factory.mktemp(name.replace("+", "-")))
     await asyncio.to_thread(upgrade_to_head, url)
     settings = Settings(
-        database_url=url, redis_url=redis_url, jwt_secret=SECRET, channel_prefix=unique("lpt")
+        database_url=url,
+        redis_url=redis_url,
+        jwt_secret=SECRET,
+        channel_prefix=unique("lpt"),
+        # The protocol suites pipeline hundreds of requests from one address and user; the
+        # limits themselves are tested on servers of their own.
+        **GENEROUS_LIMITS,
     )
     server = Server(settings)
     await server.start()
