@@ -180,3 +180,19 @@ async def test_browser_origins_are_checked(
         assert (await client.ask({"action": "list"}))["response_status"] == 200
     else:
         assert await refused(server.ws_url, additional_headers=headers) == 403
+
+
+async def test_garbage_frames_count_against_the_rate(limited: Callable[..., Any]) -> None:
+    """Invalid frames cost a token too, so a flood of garbage is throttled like requests."""
+    server = await limited(ws_rate_per_second=0.001, ws_rate_burst=3, ws_flood_close_after=50)
+    client = await server.connect()
+    for _ in range(3):
+        await client.send("not json")
+    await client.send(b"\x00binary")
+    await client.send({"action": "list", "request_id": 7})
+    replies = [await client.recv() for _ in range(5)]
+    assert replies[:3] == [fail(None, 400, ["Invalid JSON."])] * 3
+    assert replies[3:] == [
+        fail(None, 429, ["Request was throttled."]),
+        fail("list", 429, ["Request was throttled."], 7),
+    ]

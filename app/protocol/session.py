@@ -94,6 +94,10 @@ class Session:
             self.idle.set()
 
     async def _answer(self, text: str | None) -> str:
+        # Every frame costs a token, garbage included, so nothing floods around the limit.
+        if not self._bucket.take():
+            return self._throttle(text)
+        self._throttled = 0
         if text is None:
             return reply(None, None, 400, errors=[NOT_TEXT])
         try:
@@ -109,9 +113,6 @@ class Session:
             )
         request = frame.request
         action, request_id = request.get("action"), request.get("request_id")
-        if not self._bucket.take():
-            return self._throttle(action, request_id, frame.stream)
-        self._throttled = 0
         self._key = (
             None if frame.stream is None else dumps(frame.stream),
             dumps(request_id),
@@ -122,8 +123,16 @@ class Session:
         except ProtocolError as error:
             return reply(action, request_id, error.status, errors=error.errors, stream=frame.stream)
 
-    def _throttle(self, action: Any, request_id: Any, stream: Any) -> str:
+    def _throttle(self, text: str | None) -> str:
         """429 for a request over the rate; a client that keeps flooding is disconnected."""
+        action = request_id = stream = None
+        if text is not None:  # echo what can be read of the request, for the client's sake
+            try:
+                frame = decode_frame(text)
+                request, stream = frame.request, frame.stream
+            except FrameError as error:
+                request, stream = error.request, error.stream
+            action, request_id = request.get("action"), request.get("request_id")
         self._throttled += 1
         if self._throttled >= self.settings.ws_flood_close_after:
             log.warning(
