@@ -1,0 +1,196 @@
+"""Results out: one JSON line per run, markdown tables, the livepost/baseline ratios and a
+PNG of latency percentiles and delivered events/s against subscriber count."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+Result = dict[str, Any]
+
+# (column title, result key, format) per scenario.
+COLUMNS: dict[str, list[tuple[str, str, str]]] = {
+    "fanout": [
+        ("target", "target", "{}"),
+        ("workers", "workers", "{}"),
+        ("subs", "subs", "{}"),
+        ("posts/s", "rate", "{:g}"),
+        ("posts", "posts", "{}"),
+        ("delivered/s", "events_per_s", "{:,.0f}"),
+        ("p50 ms", "p50_ms", "{:.1f}"),
+        ("p95 ms", "p95_ms", "{:.1f}"),
+        ("p99 ms", "p99_ms", "{:.1f}"),
+        ("max ms", "max_ms", "{:.1f}"),
+        ("lost", "lost", "{}"),
+        ("dup", "duplicates", "{}"),
+        ("server µs/event", "cpu_us_per_event", "{:.1f}"),
+        ("RSS MB", "rss_kb", "{:.0f}"),
+        ("client CPU s", "client_cpu_s", "{:.1f}"),
+    ],
+    "rpc": [
+        ("target", "target", "{}"),
+        ("workers", "workers", "{}"),
+        ("op", "op", "{}"),
+        ("clients", "clients", "{}"),
+        ("requests/s", "requests_per_s", "{:,.1f}"),
+        ("p50 ms", "p50_ms", "{:.1f}"),
+        ("p95 ms", "p95_ms", "{:.1f}"),
+        ("p99 ms", "p99_ms", "{:.1f}"),
+        ("server µs/request", "cpu_us_per_request", "{:,.0f}"),
+        ("errors", "errors", "{}"),
+    ],
+    "conns": [
+        ("target", "target", "{}"),
+        ("workers", "workers", "{}"),
+        ("conns", "subscribed", "{}"),
+        ("RSS before MB", "rss_kb_before", "{:.0f}"),
+        ("RSS after MB", "rss_kb_after", "{:.0f}"),
+        ("kB/conn", "kb_per_conn", "{:.1f}"),
+        ("errors", "errors", "{}"),
+    ],
+}
+_MEGABYTES = {"rss_kb", "rss_kb_before", "rss_kb_after"}
+
+# The metrics compared in --compare: (key, title, higher is better).
+RATIOS: dict[str, list[tuple[str, str, bool]]] = {
+    "fanout": [
+        ("events_per_s", "delivered/s", True),
+        ("p99_ms", "p99", False),
+        ("cpu_us_per_event", "server CPU/event", False),
+    ],
+    "rpc": [("requests_per_s", "requests/s", True), ("p50_ms", "p50", False)],
+    "conns": [("kb_per_conn", "kB/conn", False)],
+}
+
+
+def json_line(result: Result) -> str:
+    return json.dumps(result, sort_keys=False, separators=(", ", ": "))
+
+
+def _cell(result: Result, key: str, form: str) -> str:
+    value = result.get(key)
+    if value is None:
+        return "-"
+    if key == "errors":
+        return str(sum(value.values())) if value else "0"
+    if key in _MEGABYTES:
+        value = value / 1024
+    return form.format(value)
+
+
+def point(result: Result) -> tuple[Any, ...]:
+    """What identifies a scenario point, whatever the target: the comparison key."""
+    scenario = result["scenario"]
+    if scenario == "fanout":
+        return (scenario, result["subs"], result["rate"], result["duration"], result["tags"])
+    if scenario == "rpc":
+        return (scenario, result["op"], result["clients"], result["duration"])
+    return (scenario, result["conns"])
+
+
+def markdown(results: list[Result]) -> str:
+    sections = []
+    for scenario, columns in COLUMNS.items():
+        rows = [result for result in results if result["scenario"] == scenario]
+        if not rows:
+            continue
+        lines = [
+            f"### {scenario}",
+            "",
+            "| " + " | ".join(title for title, _, _ in columns) + " |",
+            "|" + "|".join("---" for _ in columns) + "|",
+        ]
+        for row in rows:
+            cells = [_cell(row, key, form) for _, key, form in columns]
+            lines.append("| " + " | ".join(cells) + " |")
+        sections.append("\n".join(lines))
+    return "\n\n".join(sections)
+
+
+def ratios(results: list[Result], ours: str, baseline: str) -> str:
+    """ours ÷ baseline per scenario point and metric, each the median over the rounds."""
+    grouped: dict[tuple[Any, ...], dict[str, list[Result]]] = defaultdict(lambda: defaultdict(list))
+    for result in results:
+        grouped[point(result)][result["target"]].append(result)
+    lines = [
+        f"### {ours} ÷ {baseline} (median of rounds)",
+        "",
+        "| point | metric | " + ours + " | " + baseline + " | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for key, by_target in grouped.items():
+        if ours not in by_target or baseline not in by_target:
+            continue
+        for metric, title, _higher in RATIOS[key[0]]:
+            mine = _median(by_target[ours], metric)
+            theirs = _median(by_target[baseline], metric)
+            ratio = f"{mine / theirs:.2f}x" if mine is not None and theirs else "-"
+            label = _label(key)
+            lines.append(f"| {label} | {title} | {_fmt(mine)} | {_fmt(theirs)} | {ratio} |")
+    if baseline == "raw":
+        lines.append(
+            "\nThe raw relay stores nothing and answers `list` with an empty list: its rpc"
+            " numbers are the transport's floor, not a like-for-like comparison."
+        )
+    return "\n".join(lines)
+
+
+def _label(key: tuple[Any, ...]) -> str:
+    if key[0] == "fanout":
+        return f"fanout {key[1]} subs x {key[2]:g}/s, {key[4]} tag(s)"
+    if key[0] == "rpc":
+        return f"rpc {key[1]}, {key[2]} clients"
+    return f"conns {key[1]}"
+
+
+def _median(results: list[Result], metric: str) -> float | None:
+    values = [result[metric] for result in results if result.get(metric) is not None]
+    return statistics.median(values) if values else None
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
+def plot(results: list[Result], path: Path) -> Path | None:
+    """Latency percentiles and delivered events/s against subscribers, one line per
+    (target, posts/s); None when there is no fan-out result to draw."""
+    fanouts = [result for result in results if result["scenario"] == "fanout"]
+    if not fanouts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write the file only
+    import matplotlib.pyplot as plt
+
+    # One line per (target, posts/s); several rounds of a point are drawn as their median.
+    series: dict[tuple[str, float], dict[int, list[Result]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for result in fanouts:
+        series[(result["target"], result["rate"])][result["subs"]].append(result)
+    figure, (latency, throughput) = plt.subplots(1, 2, figsize=(13, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for number, ((target, rate), by_subs) in enumerate(sorted(series.items())):
+        subs = sorted(by_subs)
+        colour = colours[number % len(colours)]
+        label = f"{target} {rate:g} posts/s"
+        for key, style in (("p50_ms", ":"), ("p95_ms", "--"), ("p99_ms", "-")):
+            values = [_median(by_subs[count], key) for count in subs]
+            latency.plot(subs, values, style, color=colour, marker="o", label=f"{label} {key[:3]}")
+        delivered = [_median(by_subs[count], "events_per_s") for count in subs]
+        throughput.plot(subs, delivered, color=colour, marker="o", label=label)
+    latency.set(xlabel="subscribers", ylabel="create → event latency (ms)", yscale="log")
+    latency.set_title("latency percentiles")
+    throughput.set(xlabel="subscribers", ylabel="delivered events/s")
+    throughput.set_title("delivered events/s")
+    for axes in (latency, throughput):
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
