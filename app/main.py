@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp
 
@@ -49,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = _App(title="livepost", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.add_exception_handler(Exception, _unavailable_or_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.include_router(rest_auth.router)
     app.include_router(rest_posts.router)
     app.include_router(health.router)
@@ -63,6 +67,26 @@ async def _unavailable_or_error(_request: Request, error: Exception) -> JSONResp
         return JSONResponse({"detail": "Service temporarily unavailable."}, status_code=503)
     logging.getLogger(__name__).error("unhandled error", exc_info=error)
     return JSONResponse({"detail": "Internal server error."}, status_code=500)
+
+
+async def _invalid_request(_request: Request, error: Exception) -> Response:
+    """FastAPI's 422, written so that any input can be echoed: ASCII-escaped (a lone
+    surrogate would fail UTF-8) and with NaN or Infinity echoed as text (not valid JSON)."""
+    assert isinstance(error, RequestValidationError)
+    detail = [
+        {key: _echoable(value) if key == "input" else value for key, value in item.items()}
+        for item in jsonable_encoder(error.errors())
+    ]
+    body = json.dumps({"detail": detail}, ensure_ascii=True, allow_nan=False, default=str)
+    return Response(body, status_code=422, media_type="application/json")
+
+
+def _echoable(value: object) -> object:
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return repr(value)
+    return value
 
 
 app = create_app()

@@ -13,6 +13,7 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 BODY_MAX_LENGTH = 256
 USERNAME_MAX_LENGTH = 150
+USERNAME_PATTERN = r"^[\w.@+-]+$"
 
 
 def utcnow() -> datetime:
@@ -110,7 +111,7 @@ class UserCreate(SQLModel):
     )
 
     username: str = Field(
-        min_length=1, max_length=USERNAME_MAX_LENGTH, schema_extra={"pattern": r"^[\w.@+-]+$"}
+        min_length=1, max_length=USERNAME_MAX_LENGTH, schema_extra={"pattern": USERNAME_PATTERN}
     )
     password: str = Field(min_length=8, max_length=1024)
 

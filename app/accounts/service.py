@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.models import User, utcnow
+from app.models import USERNAME_MAX_LENGTH, USERNAME_PATTERN, User, utcnow
 from app.security import TokenClaims, hash_password, issue_token, read_token, verify_password
 
 users = User.__table__  # type: ignore[attr-defined]
@@ -50,12 +51,16 @@ class AccountService:
 
     async def sign_in(self, username: str, password: str) -> str | None:
         """A fresh token for valid credentials, else None (same work either way)."""
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(users.c.id, users.c.password_hash).where(users.c.username == username)
-                )
-            ).first()
+        row = None
+        if _could_exist(username):  # NUL or a surrogate would not even reach the database
+            async with self._engine.connect() as conn:
+                row = (
+                    await conn.execute(
+                        select(users.c.id, users.c.password_hash).where(
+                            users.c.username == username
+                        )
+                    )
+                ).first()
         valid = await asyncio.to_thread(
             verify_password, password, row.password_hash if row else None
         )
@@ -81,8 +86,18 @@ class AccountService:
         return None if found is None else int(found.id)
 
     async def user_id_by_name(self, username: str) -> int | None:
+        if not _could_exist(username):
+            return None
         async with self._engine.connect() as conn:
             found = (
                 await conn.execute(select(users.c.id).where(users.c.username == username))
             ).first()
         return None if found is None else int(found.id)
+
+
+_USERNAME = re.compile(USERNAME_PATTERN)
+
+
+def _could_exist(username: str) -> bool:
+    """Only names registration accepts can be looked up."""
+    return len(username) <= USERNAME_MAX_LENGTH and _USERNAME.match(username) is not None

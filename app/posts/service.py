@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db import begin_write
 from app.models import Post, utcnow
 from app.posts.hashtags import extract_hashtags
-from app.posts.validation import clean_body
+from app.posts.validation import clean_body, is_storable
 from app.pubsub.broker import Broker
 from app.pubsub.change import Change
 from app.pubsub.channels import channel_for
@@ -70,6 +70,8 @@ class PostService:
         self, *, body_contains: str | None = None, limit: int = 500, before: int | None = None
     ) -> list[PostData]:
         """Newest first, at most `limit`, pks below `before`, body matching case-insensitively."""
+        if body_contains and not is_storable(body_contains):
+            return []  # no stored body holds NUL or a lone surrogate (neither database can)
         query = select(*_COLUMNS).order_by(posts.c.id.desc()).limit(limit)
         if before is not None:
             query = query.where(posts.c.id < before)

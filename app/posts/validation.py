@@ -47,6 +47,11 @@ def clean_body(value: object = MISSING) -> str:
     return body
 
 
+def is_storable(text: str) -> bool:
+    """Text both databases can store: no NUL, no lone surrogate."""
+    return "\x00" not in text and _first_surrogate(text) is None
+
+
 def _first_surrogate(text: str) -> int | None:
     try:
         text.encode("utf-8")

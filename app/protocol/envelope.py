@@ -26,9 +26,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-# orjson reads integers beyond 64 bits as floats, silently; a run of 20 digits sends the text
-# to the stdlib parser, which keeps them exact (request_id must be echoed verbatim).
-_LONG_NUMBER = re.compile(r"\d{20}")
+# orjson reads integers beyond 64 bits as floats, silently; a run of 19 digits (-2**63 - 1 has
+# 19) sends the text to the stdlib parser, which keeps them exact (echoes must be verbatim).
+_LONG_NUMBER = re.compile(r"\d{19}")
 
 
 def loads(text: str) -> Any:

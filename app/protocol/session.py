@@ -147,7 +147,7 @@ class Session:
         if self.identity is not None and self.identity.expires_at <= time.time():
             self.identity = None  # an expired token makes the connection anonymous again
         # Permissions come before the action lookup, as in DCRF.
-        if self.identity is None and action not in ANONYMOUS_ACTIONS:
+        if self.identity is None and not (isinstance(action, str) and action in ANONYMOUS_ACTIONS):
             raise permission_denied()
         handler = ACTIONS.get(action) if isinstance(action, str) else None
         if handler is None:
