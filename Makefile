@@ -10,13 +10,13 @@ run: $(VENV)/.runtime
 	$(BIN)/livepost serve
 
 test: $(VENV)/.dev
-	$(BIN)/ruff check app tests alembic
-	$(BIN)/mypy app
+	$(BIN)/ruff check app tests alembic bench
+	$(BIN)/mypy app bench
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check app tests alembic
-	$(BIN)/mypy app
+	$(BIN)/ruff check app tests alembic bench
+	$(BIN)/mypy app bench
 
 $(VENV)/bin/pip:
 	$(PYTHON) -m venv $(VENV)
