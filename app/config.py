@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = 10.0
     log_format: str = "json"  # json lines, or "text"
     db_pool_size: int = 10
+    # Seconds a database call may take (connect, statement, waiting for a pooled connection)
+    # before the request fails with 503: a database that stops answering must not hang them.
+    db_timeout: float = 5.0
     log_level: str = "info"
     # Where the CLI finds a running server (default: http://HOST:PORT).
     server_url: str | None = None

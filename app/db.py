@@ -26,9 +26,9 @@ def make_engine(settings: Settings) -> AsyncEngine:
         max_overflow=settings.db_pool_size,
         # A connection that died while the server was away is replaced, not handed out.
         pool_pre_ping=True,
-        pool_timeout=10,
-        # Fail fast while PostgreSQL is unreachable instead of hanging a request for a minute.
-        connect_args={"timeout": 5, "command_timeout": 30},
+        pool_timeout=settings.db_timeout,
+        # Fail fast while PostgreSQL is unreachable or frozen instead of hanging requests.
+        connect_args={"timeout": settings.db_timeout, "command_timeout": settings.db_timeout},
     )
 
 

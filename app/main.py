@@ -6,12 +6,15 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.config import Settings
 from app.db import is_unavailable
@@ -28,6 +31,18 @@ Every committed write is fanned out as create/update/delete events to subscriber
 
 
 class _App(FastAPI):
+    """FastAPI, with /ws served by its own bare ASGI endpoint (see transport/ws.py)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.live_posts = ws.LivePostsEndpoint(self)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == ws.PATH:
+            await self.live_posts(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
     def build_middleware_stack(self) -> ASGIApp:
         # Outermost, outside Starlette's error middleware: the 500 and 503 answers of
         # `_unavailable_or_error` carry the request id too and are logged with their status.
@@ -51,12 +66,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runtime.close()
 
     app = _App(title="livepost", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # Outages by type, so ExceptionMiddleware answers them (the Exception handler runs in
+    # ServerErrorMiddleware, which answers and then re-raises: a crash log for every 503).
+    for outage in (DBAPIError, SQLAlchemyTimeoutError, OSError, TimeoutError, BrokerUnavailable):
+        app.add_exception_handler(outage, _unavailable_or_error)
     app.add_exception_handler(Exception, _unavailable_or_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.include_router(rest_auth.router)
     app.include_router(rest_posts.router)
     app.include_router(health.router)
-    app.include_router(ws.router)
     return app
 
 

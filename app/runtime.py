@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -64,8 +65,9 @@ class Runtime:
 
     async def database_ready(self) -> bool:
         try:
-            async with self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            async with asyncio.timeout(self.settings.db_timeout):
+                async with self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
         except Exception:
             return False
         return True

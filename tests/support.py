@@ -37,7 +37,13 @@ class Server:
 
     def __init__(self, settings: Settings, **uvicorn_options: Any) -> None:
         self.app = create_app(settings)
-        options: dict[str, Any] = {"log_level": "warning", "ws_ping_interval": None}
+        # As `livepost serve` runs it (see app/cli/main.py).
+        options: dict[str, Any] = {
+            "log_level": "warning",
+            "ws_ping_interval": None,
+            "ws": "websockets-sansio",
+            "ws_per_message_deflate": False,
+        }
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=0, lifespan="on", **(options | uvicorn_options)
         )

@@ -313,11 +313,6 @@ async def test_requests_get_503_while_postgres_is_down_and_work_again_after(
     assert response.status_code == 201, response.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug: the /ws handshake's token lookup is not guarded, the server answers "
-    "HTTP 500 and logs 'Exception in ASGI application'",
-)
 async def test_a_new_connection_during_the_outage_is_told_to_come_back_later(
     outage: tuple[Stack, TcpProxy],
 ) -> None:
@@ -344,12 +339,6 @@ async def test_a_new_connection_during_the_outage_is_told_to_come_back_later(
     assert status == 503 or refused == 1013, refused
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="app bug: a database that stops answering holds each request ~32 s (asyncpg "
-    "command_timeout=30 on the pool's pre-ping, then the 5 s connect timeout) before its 503",
-)
 async def test_a_database_that_stops_answering_gets_503_fast(
     outage: tuple[Stack, TcpProxy],
 ) -> None:
@@ -381,12 +370,6 @@ async def test_a_database_that_stops_answering_gets_503_fast(
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app bug: the REST 503 handler is registered for Exception, which Starlette runs "
-    "in ServerErrorMiddleware: it answers 503 and then re-raises, so uvicorn logs every 503 "
-    "as 'Exception in ASGI application' with a traceback at ERROR",
-)
 async def test_rest_503s_are_not_logged_as_crashes(
     outage: tuple[Stack, TcpProxy], caplog: pytest.LogCaptureFixture
 ) -> None:

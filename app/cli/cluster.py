@@ -95,9 +95,12 @@ class Cluster:
                     sys.executable, "-m", "uvicorn", "app.main:app",
                     "--host", "127.0.0.1", "--port", str(self.worker_ports[index]),
                     "--log-level", "warning", "--no-access-log",
+                    "--ws", "websockets-sansio", "--ws-per-message-deflate", "false",
                     "--ws-max-size", str(self.settings.ws_max_frame_bytes + 1024),
                     "--ws-ping-interval", str(self.settings.ws_ping_interval),
                     "--ws-ping-timeout", str(self.settings.ws_ping_timeout),
+                    "--timeout-graceful-shutdown",
+                    str(int(self.settings.shutdown_grace_seconds) + 5),
                 ],
                 env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip

@@ -107,9 +107,15 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         # uvicorn buffers up to this much of one frame; the app closes with 1009 past its limit.
         ws_max_size=settings.ws_max_frame_bytes + 1024,
+        # The sans-I/O implementation keeps less per socket; permessage-deflate would add a
+        # compressor (~48 kB) per socket and CPU per event.
+        ws="websockets-sansio",
+        ws_per_message_deflate=False,
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         access_log=False,  # the app logs requests itself, without query strings (tokens)
+        # A client that never reads would otherwise hold uvicorn's shutdown forever.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
     return 0
 

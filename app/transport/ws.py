@@ -11,21 +11,25 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
+from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, WebSocket
-from starlette.websockets import WebSocketDisconnect
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from app.accounts.service import Identity
-from app.logs import bind_log_fields
+from app.db import is_unavailable
+from app.logs import access_log, bind_log_fields, new_id
 from app.protocol.admission import Ticket
 from app.protocol.outgoing import Outgoing
 from app.protocol.session import Session
 from app.runtime import Runtime
 
 log = logging.getLogger(__name__)
-router = APIRouter()
 
+PATH = "/ws"
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008  # before accept, uvicorn turns any close into HTTP 403
 CLOSE_TOO_BIG = 1009
@@ -58,45 +62,87 @@ def _origin_allowed(websocket: WebSocket, allowed: frozenset[str]) -> bool:
     return urlsplit(origin).netloc.lower() == websocket.headers.get("host", "").lower()
 
 
-@router.websocket("/ws")
-async def live_posts(websocket: WebSocket) -> None:
-    """DCRF's live-post action protocol (see PROTOCOL.md)."""
-    runtime: Runtime = websocket.app.state.runtime
-    if not _origin_allowed(websocket, runtime.settings.origins):
-        await websocket.close(code=CLOSE_POLICY_VIOLATION)
-        return
-    well_formed, token = _handshake_token(websocket)
-    identity = None
-    if token is not None:
-        identity = await runtime.accounts.identify(token)
-    if not well_formed or (token is not None and identity is None):
-        await websocket.close(code=CLOSE_POLICY_VIOLATION)
-        return
-    # The connection's log lines (its id and connect/close lines come from app.logs) name the user.
-    bind_log_fields(user_id=identity.user_id if identity else None)
-    connection = LiveConnection(websocket, runtime, identity)
-    ip = websocket.client.host if websocket.client else "unknown"
-    ticket = runtime.admission.admit(
-        ip, identity.user_id if identity else None, lambda: connection.close(CLOSE_GOING_AWAY)
-    )
-    if ticket is None:  # too many connections from this address or user, or stopping
-        await websocket.close(code=CLOSE_POLICY_VIOLATION)
-        return
-    try:
-        # Which worker answered: lets operators (and tests) see the balancer spread connections.
-        await websocket.accept(headers=[(b"x-livepost-worker", WORKER_ID)])
-        await connection.run(ticket)
-    finally:
-        runtime.admission.release(ticket)
+class LivePostsEndpoint:
+    """/ws as a bare ASGI app, reached before FastAPI's router and middleware.
+
+    A subscribed socket lives for hours and receives every event through `send`: skipping
+    the routing, dependency and middleware layers saves their frames' memory on every idle
+    connection and their wrappers' time on every event. The endpoint does its own logging
+    (connection id, connect and close lines) in exchange.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime: Runtime = self._app.state.runtime
+        client = scope.get("client")
+        ip = client[0] if client else "unknown"
+        bind_log_fields(connection_id=new_id(), path=scope["path"], client=ip)
+        websocket = WebSocket(scope, receive, send)
+        if not _origin_allowed(websocket, runtime.settings.origins):
+            await _refuse(websocket, "origin not allowed")
+            return
+        well_formed, token = _handshake_token(websocket)
+        identity = None
+        if token is not None:
+            try:
+                identity = await runtime.accounts.identify(token)
+            except Exception as error:
+                if not is_unavailable(error):
+                    raise
+                # Not a 403 (a bad token) nor a 500 (a bug): the client should come back.
+                access_log.warning("websocket refused: database unavailable (%r)", error)
+                await websocket.send_denial_response(
+                    JSONResponse({"detail": "Service temporarily unavailable."}, 503)
+                )
+                return
+        if not well_formed or (token is not None and identity is None):
+            await _refuse(websocket, "bad token")
+            return
+        bind_log_fields(user_id=identity.user_id if identity else None)
+        connection = LiveConnection(receive, send, runtime, identity)
+        ticket = runtime.admission.admit(
+            ip, identity.user_id if identity else None, lambda: connection.close(CLOSE_GOING_AWAY)
+        )
+        if ticket is None:  # too many connections from this address or user, or stopping
+            await _refuse(websocket, "connection limit")
+            return
+        started = time.perf_counter()
+        try:
+            # Which worker answered: lets operators (and tests) see the balancer spread them.
+            await websocket.accept(headers=[(b"x-livepost-worker", WORKER_ID)])
+            access_log.info("websocket connected")
+            await connection.run(ticket)
+        finally:
+            runtime.admission.release(ticket)
+            access_log.info(
+                "websocket closed (%s)",
+                connection.close_code,
+                extra={
+                    "close_code": connection.close_code,
+                    "closed_by": connection.closed_by,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
+
+
+async def _refuse(websocket: WebSocket, reason: str) -> None:
+    access_log.info("websocket rejected (%s)", reason, extra={"close_code": CLOSE_POLICY_VIOLATION})
+    await websocket.close(code=CLOSE_POLICY_VIOLATION)  # before accept: HTTP 403
 
 
 class LiveConnection:
-    def __init__(self, websocket: WebSocket, runtime: Runtime, identity: Identity | None) -> None:
-        self.websocket = websocket
+    def __init__(
+        self, receive: Receive, send: Send, runtime: Runtime, identity: Identity | None
+    ) -> None:
+        self._receive = receive
+        self._send = send
         self.runtime = runtime
         self.identity = identity
         self.close_code: int | None = None
-        self._closing = asyncio.Event()
+        self.closed_by: str | None = None
+        self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.outgoing = Outgoing(
             runtime.settings.ws_queue_size, lambda: self.close(CLOSE_TRY_AGAIN_LATER)
         )
@@ -104,8 +150,12 @@ class LiveConnection:
     def close(self, code: int) -> None:
         """Ask the connection to end with this close code (the first request wins)."""
         if self.close_code is None:
-            self.close_code = code
-            self._closing.set()
+            self.close_code, self.closed_by = code, "server"
+        self._end()
+
+    def _end(self, _task: object = None) -> None:
+        if not self._ended.done():
+            self._ended.set_result(None)
 
     async def run(self, ticket: Ticket) -> None:
         runtime = self.runtime
@@ -119,28 +169,31 @@ class LiveConnection:
             ticket=ticket,
             close_connection=self.close,
         )
+        # Two tasks: one reads and answers in order, one writes. Whichever ends (or a close
+        # request) ends the connection; a future, not a third task, waits for that.
         reader = asyncio.create_task(self._read(session))
         writer = asyncio.create_task(self._write())
-        closing = asyncio.create_task(self._closing.wait())
+        reader.add_done_callback(self._end)
+        writer.add_done_callback(self._end)
         try:
-            await asyncio.wait({reader, writer, closing}, return_when=asyncio.FIRST_COMPLETED)
+            await self._ended
             if self.close_code == CLOSE_GOING_AWAY:
                 await self._finish(session, reader, writer)
         finally:
             session.close()
             self.outgoing.close()
-            for task in (reader, writer, closing):
+            for task in (reader, writer):
                 task.cancel()
-            for task in (reader, writer, closing):
+            for task in (reader, writer):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        if self.close_code is not None:
+        if self.closed_by == "server" and self.close_code is not None:
             if self.close_code == CLOSE_TRY_AGAIN_LATER:
                 log.warning("closed a connection that stopped reading (outgoing queue full)")
             # A client that stopped reading may never take the close frame: don't wait on it.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
-                    await self.websocket.close(code=self.close_code)
+                    await self._send({"type": "websocket.close", "code": self.close_code})
 
     async def _finish(
         self, session: Session, reader: asyncio.Task[None], writer: asyncio.Task[None]
@@ -158,9 +211,12 @@ class LiveConnection:
 
     async def _read(self, session: Session) -> None:
         limit = self.runtime.settings.ws_max_frame_bytes
+        receive = self._receive
         while True:
-            message = await self.websocket.receive()
+            message = await receive()
             if message["type"] == "websocket.disconnect":
+                if self.close_code is None:
+                    self.close_code, self.closed_by = message.get("code", 1005), "client"
                 return
             text, data = message.get("text"), message.get("bytes")
             size = len(data) if data is not None else _utf8_length(text, limit)
@@ -170,10 +226,12 @@ class LiveConnection:
             await session.receive(text if isinstance(text, str) else None)
 
     async def _write(self) -> None:
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        send = self._send
+        # A socket that went away raises OSError (uvicorn) or RuntimeError (a closed state).
+        with contextlib.suppress(OSError, RuntimeError):
             while (frames := await self.outgoing.drain()) is not None:
                 for frame in frames:
-                    await self.websocket.send_text(frame)
+                    await send({"type": "websocket.send", "text": frame})
 
 
 def _utf8_length(text: str | None, limit: int) -> int:
