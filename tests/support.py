@@ -6,6 +6,8 @@ import asyncio
 import json
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +16,11 @@ import httpx
 import uvicorn
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from app.config import Settings
 from app.main import create_app
+from app.migrations import upgrade_to_head
 
 TIMEOUT = 10.0
 PASSWORD = "correct horse battery"
@@ -71,6 +75,24 @@ class Server:
         return self.app.state.runtime
 
 
+@asynccontextmanager
+async def sqlite_server(
+    directory: Path, *, uvicorn_options: dict[str, Any] | None = None, **settings: Any
+) -> AsyncIterator[Server]:
+    """A started in-process server on a fresh, migrated SQLite file in directory, with these
+    settings (e.g. tight limits), stopped afterwards."""
+    url = f"sqlite+aiosqlite:///{directory / unique('db')}.db"
+    # upgrade_to_head runs its own event loop: keep it off this one.
+    await asyncio.to_thread(upgrade_to_head, url)
+    settings.setdefault("jwt_secret", "sqlite-server-secret-" + "q" * 32)
+    server = Server(Settings(database_url=url, **settings), **(uvicorn_options or {}))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
 class WsClient:
     """A real WebSocket client speaking JSON frames."""
 
@@ -93,6 +115,15 @@ class WsClient:
 
     async def close(self) -> None:
         await self.connection.close()
+
+    async def close_code(self) -> int | None:
+        """Read until the server closes the connection; the code of its close frame."""
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                while True:
+                    await self.connection.recv()
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
 
 
 @dataclass

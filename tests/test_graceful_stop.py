@@ -19,23 +19,13 @@ from app.cli.cluster import ROOT, Cluster, free_port
 from app.migrations import upgrade_to_head
 from app.pubsub.channels import channel_for
 from tests.cluster_support import running_cluster
-from tests.support import TIMEOUT, Endpoint, WsClient, barrier, subscribe, unique
+from tests.support import TIMEOUT, Endpoint, barrier, subscribe, unique
 
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
     with running_cluster(2, nginx=False, prefix=unique("lpg")) as deployment:
         yield deployment
-
-
-async def close_code(client: WsClient) -> int | None:
-    """Read until the server closes; its close code."""
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                await client.connection.recv()
-    except ConnectionClosed as closed:
-        return closed.rcvd.code if closed.rcvd else None
 
 
 async def stopped_gracefully(process: subprocess.Popen[bytes], log: Path | None = None) -> bool:
@@ -79,7 +69,7 @@ async def test_single_worker_closes_sockets_with_1001(tmp_path: Path) -> None:
         clients = [await endpoint.connect(user) for _ in range(3)]
         await subscribe(clients[0], unique("t"), 1)
         process.send_signal(signal.SIGTERM)
-        assert [await close_code(client) for client in clients] == [1001, 1001, 1001]
+        assert [await client.close_code() for client in clients] == [1001, 1001, 1001]
         assert await stopped_gracefully(process, log)
     finally:
         if process.poll() is None:
@@ -114,7 +104,7 @@ async def test_every_committed_write_is_published_when_a_worker_stops(
     except (ConnectionClosed, TimeoutError):
         pass
     assert writer.connection.close_code == 1001
-    assert await close_code(local) == 1001
+    assert await local.close_code() == 1001
     assert await stopped_gracefully(cluster.workers[0])  # type: ignore[arg-type]
     assert 5 <= len(answered) < total  # it really stopped part-way
 

@@ -4,46 +4,31 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
-from app.config import Settings
-from app.migrations import upgrade_to_head
-from tests.support import TIMEOUT, Endpoint, Server, WsClient, fail, ok, unique
+from tests.support import TIMEOUT, Endpoint, fail, ok, sqlite_server, unique
 
 
 @pytest.fixture
 async def limited(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    """Start an in-process server on a fresh SQLite file with the given settings."""
-    servers: list[tuple[Server, Endpoint]] = []
+    """Start in-process servers, each on a fresh SQLite file with the given settings."""
+    async with AsyncExitStack() as stack:
+        endpoints: list[Endpoint] = []
 
-    async def start(**limits: Any) -> Endpoint:
-        url = f"sqlite+aiosqlite:///{tmp_path / unique('db')}.db"
-        await asyncio.to_thread(upgrade_to_head, url)
-        server = Server(Settings(database_url=url, jwt_secret="limits-" + "z" * 32, **limits))
-        await server.start()
-        endpoint = Endpoint(f"http://127.0.0.1:{server.port}")
-        servers.append((server, endpoint))
-        return endpoint
+        async def start(**limits: Any) -> Endpoint:
+            server = await stack.enter_async_context(sqlite_server(tmp_path, **limits))
+            endpoints.append(Endpoint(f"http://127.0.0.1:{server.port}"))
+            return endpoints[-1]
 
-    yield start
-    for server, endpoint in servers:
-        await endpoint.close_clients()
-        await server.stop()
-
-
-async def closed_with(client: WsClient) -> int | None:
-    """Read until the server closes the connection; its close code."""
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                await client.connection.recv()
-    except ConnectionClosed as closed:
-        return closed.rcvd.code if closed.rcvd else None
+        yield start
+        for endpoint in endpoints:
+            await endpoint.close_clients()
 
 
 async def refused(url: str, **options: Any) -> int:
@@ -60,7 +45,7 @@ async def test_an_oversized_frame_closes_with_1009(limited: Callable[..., Any]) 
     reply = await client.ask({"action": "list", "body_contains": "x" * 900, "request_id": 1})
     assert reply["response_status"] == 200  # under the limit: answered
     await client.send({"action": "list", "body_contains": "é" * 600})  # 1,200 bytes in UTF-8
-    assert await closed_with(client) == 1009
+    assert await client.close_code() == 1009
     assert (await (await server.connect()).ask({"action": "list"}))["response_status"] == 200
 
 
@@ -75,7 +60,7 @@ async def test_excess_requests_get_429_and_a_flood_is_closed(limited: Callable[.
     # Keep flooding: the tenth throttled request in a row closes the connection (1008).
     for n in range(8, 20):
         await client.send({"action": "list", "request_id": n})
-    assert await closed_with(client) == 1008
+    assert await client.close_code() == 1008
 
 
 async def test_subscriptions_per_connection_are_capped(limited: Callable[..., Any]) -> None:

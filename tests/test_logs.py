@@ -34,7 +34,7 @@ from app.logs import (
     setup_logging,
 )
 from app.migrations import upgrade_to_head
-from tests.support import PASSWORD, TIMEOUT, Endpoint, Server, User, unique
+from tests.support import PASSWORD, TIMEOUT, Endpoint, Server, User, sqlite_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "logs-test-secret-" + "s" * 32
@@ -183,14 +183,8 @@ def test_setup_installs_one_handler_in_the_configured_format() -> None:
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('logs') / 'livepost.db'}"
-    await asyncio.to_thread(upgrade_to_head, url)
-    running = Server(Settings(database_url=url, jwt_secret=SECRET, channel_prefix=unique("lpt")))
-    await running.start()
-    try:
+    async with sqlite_server(tmp_path_factory.mktemp("logs"), jwt_secret=SECRET) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 @pytest.fixture

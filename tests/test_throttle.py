@@ -17,9 +17,7 @@ from app.accounts.throttle import (
     MemoryFailureLimiter,
     retry_after_header,
 )
-from app.config import Settings
-from app.migrations import upgrade_to_head
-from tests.support import PASSWORD, Endpoint, Server, unique
+from tests.support import PASSWORD, Endpoint, Server, sqlite_server, unique
 
 SECRET = "throttle-test-secret-" + "t" * 32
 WINDOW = 60
@@ -146,15 +144,13 @@ def test_retry_after_is_whole_seconds_rounded_up() -> None:
 
 @pytest.fixture(scope="module")
 async def server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Server]:
-    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('throttle') / 'livepost.db'}"
-    await asyncio.to_thread(upgrade_to_head, url)
-    settings = Settings(database_url=url, jwt_secret=SECRET, channel_prefix=unique("lpt"), **LIMITS)
-    running = Server(settings, proxy_headers=True, forwarded_allow_ips="127.0.0.1")
-    await running.start()
-    try:
+    async with sqlite_server(
+        tmp_path_factory.mktemp("throttle"),
+        uvicorn_options={"proxy_headers": True, "forwarded_allow_ips": "127.0.0.1"},
+        jwt_secret=SECRET,
+        **LIMITS,
+    ) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 @pytest.fixture
