@@ -66,9 +66,10 @@ class Session:
         self._close_connection = close_connection
         self._bucket = TokenBucket(settings.ws_rate_per_second, settings.ws_rate_burst)
         self._throttled = 0  # consecutive 429 replies
-        # Clear while a request is being answered; a stopping worker waits for it.
-        self.idle = asyncio.Event()
-        self.idle.set()
+        # True while a request is being answered; a stopping worker waits for it to end
+        # (through a future made only then: an idle socket keeps no Event for hours).
+        self._busy = False
+        self._idle_waiter: asyncio.Future[None] | None = None
         self._subscriptions: dict[tuple[str | None, str], Subscription] = {}
         # Set per request: the subscription key of the request being handled.
         self._key: tuple[str | None, str] = (None, "null")
@@ -80,7 +81,7 @@ class Session:
 
     async def receive(self, text: str | None) -> None:
         """Answer one frame (None for a binary one). Never raises: every input gets a reply."""
-        self.idle.clear()
+        self._busy = True
         self.outgoing.hold()
         try:
             try:
@@ -91,7 +92,15 @@ class Session:
             self.outgoing.put_reply(answer)
         finally:
             self.outgoing.release()
-            self.idle.set()
+            self._busy = False
+            if self._idle_waiter is not None and not self._idle_waiter.done():
+                self._idle_waiter.set_result(None)
+
+    async def wait_idle(self) -> None:
+        """Return once no request is being answered."""
+        if self._busy:
+            self._idle_waiter = asyncio.get_running_loop().create_future()
+            await self._idle_waiter
 
     async def _answer(self, text: str | None) -> str:
         # Every frame costs a token, garbage included, so nothing floods around the limit.

@@ -79,39 +79,23 @@ class LivePostsEndpoint:
         client = scope.get("client")
         ip = client[0] if client else "unknown"
         bind_log_fields(connection_id=new_id(), path=scope["path"], client=ip)
-        websocket = WebSocket(scope, receive, send)
-        if not _origin_allowed(websocket, runtime.settings.origins):
-            await _refuse(websocket, "origin not allowed")
+        admitted = await self._handshake(WebSocket(scope, receive, send), runtime)
+        if admitted is _REFUSED:
             return
-        well_formed, token = _handshake_token(websocket)
-        identity = None
-        if token is not None:
-            try:
-                identity = await runtime.accounts.identify(token)
-            except Exception as error:
-                if not is_unavailable(error):
-                    raise
-                # Not a 403 (a bad token) nor a 500 (a bug): the client should come back.
-                access_log.warning("websocket refused: database unavailable (%r)", error)
-                await websocket.send_denial_response(
-                    JSONResponse({"detail": "Service temporarily unavailable."}, 503)
-                )
-                return
-        if not well_formed or (token is not None and identity is None):
-            await _refuse(websocket, "bad token")
-            return
-        bind_log_fields(user_id=identity.user_id if identity else None)
+        identity = admitted
         connection = LiveConnection(receive, send, runtime, identity)
         ticket = runtime.admission.admit(
             ip, identity.user_id if identity else None, lambda: connection.close(CLOSE_GOING_AWAY)
         )
         if ticket is None:  # too many connections from this address or user, or stopping
-            await _refuse(websocket, "connection limit")
+            await _refuse(WebSocket(scope, receive, send), "connection limit")
             return
         started = time.perf_counter()
         try:
-            # Which worker answered: lets operators (and tests) see the balancer spread them.
-            await websocket.accept(headers=[(b"x-livepost-worker", WORKER_ID)])
+            # ASGI: take the connect message, then accept. The header says which worker
+            # answered: it lets operators (and tests) see the balancer spread connections.
+            await receive()
+            await send({"type": "websocket.accept", "headers": [(b"x-livepost-worker", WORKER_ID)]})
             access_log.info("websocket connected")
             await connection.run(ticket)
         finally:
@@ -125,6 +109,37 @@ class LivePostsEndpoint:
                     "duration_ms": round((time.perf_counter() - started) * 1000, 1),
                 },
             )
+
+    async def _handshake(self, websocket: WebSocket, runtime: Runtime) -> Any:
+        """The caller's identity (None: anonymous), or _REFUSED once the handshake is refused.
+
+        A method of its own so that the request objects it parses (headers, query string) are
+        not kept alive for the hours the connection may last."""
+        if not _origin_allowed(websocket, runtime.settings.origins):
+            await _refuse(websocket, "origin not allowed")
+            return _REFUSED
+        well_formed, token = _handshake_token(websocket)
+        identity = None
+        if token is not None:
+            try:
+                identity = await runtime.accounts.identify(token)
+            except Exception as error:
+                if not is_unavailable(error):
+                    raise
+                # Not a 403 (a bad token) nor a 500 (a bug): the client should come back.
+                access_log.warning("websocket refused: database unavailable (%r)", error)
+                await websocket.send_denial_response(
+                    JSONResponse({"detail": "Service temporarily unavailable."}, 503)
+                )
+                return _REFUSED
+        if not well_formed or (token is not None and identity is None):
+            await _refuse(websocket, "bad token")
+            return _REFUSED
+        bind_log_fields(user_id=identity.user_id if identity else None)
+        return identity
+
+
+_REFUSED: Any = object()
 
 
 async def _refuse(websocket: WebSocket, reason: str) -> None:
@@ -202,7 +217,7 @@ class LiveConnection:
         grace = self.runtime.settings.shutdown_grace_seconds
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
-                await session.idle.wait()
+                await session.wait_idle()
         reader.cancel()
         self.outgoing.close()  # the writer sends what is queued, then ends
         with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
