@@ -16,27 +16,12 @@ import socket
 import struct
 from typing import Any
 
+from bench.wsclient import encode_frame  # masked client frames, as RFC 6455 requires
+
 TIMEOUT = 10.0
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 TEXT, CLOSE, PING, PONG = 0x1, 0x8, 0x9, 0xA
-
-
-def encode_frame(opcode: int, payload: bytes) -> bytes:
-    """One final client frame: masked, as RFC 6455 requires of clients."""
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", 0x80 | opcode, 0x80 | length)
-    elif length < 1 << 16:
-        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, length)
-    key = os.urandom(4)
-    repeated = (key * (length // 4 + 1))[:length]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(
-        length, "big"
-    )
-    return header + key + masked
 
 
 class ConnectionClosed(Exception):
