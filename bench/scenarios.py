@@ -14,6 +14,7 @@ from bench.loadgen import Fleet
 from bench.procfs import rss_by_pid, total_cpu
 from bench.provision import log
 from bench.targets import Target
+from bench.wsclient import Endpoint
 
 SEED_POSTS = 500  # the `list` scenario reads a table of this many posts
 SEED_CONNECTIONS = 10
@@ -192,16 +193,7 @@ def run_rpc(target: Target, fleet: Fleet, spec: Rpc) -> dict[str, Any]:
         _close(fleet, [0])
         if seeded[0]["errors"]:
             raise RuntimeError(f"seeding failed: {seeded[0]['errors']}")
-    endpoints = target.endpoints(spec.clients)
-    connect = {
-        agent: {
-            "cmd": "connect",
-            "endpoints": [endpoints[i] for i in indices],
-            "tags": [None] * len(indices),
-        }
-        for agent, indices in zip(agents, _split(spec.clients, len(agents)), strict=True)
-        if indices
-    }
+    connect = _connect_commands(agents, target.endpoints(spec.clients), None)
     opened = fleet.ask(connect, timeout=60 + spec.clients / 20)
     cpu_before, _ = _server_state(target)
     command = {"cmd": "rpc", "op": spec.op, "duration": spec.duration}
@@ -235,6 +227,22 @@ def run_rpc(target: Target, fleet: Fleet, spec: Rpc) -> dict[str, Any]:
     }
 
 
+def _connect_commands(
+    agents: list[int], endpoints: list[Endpoint], tag: str | None
+) -> dict[int, dict[str, Any]]:
+    """A `connect` command per agent with its even share of the endpoints (agents left with
+    none get no command), every connection subscribing to `tag` (None: none)."""
+    return {
+        agent: {
+            "cmd": "connect",
+            "endpoints": [endpoints[i] for i in indices],
+            "tags": [tag] * len(indices),
+        }
+        for agent, indices in zip(agents, _split(len(endpoints), len(agents)), strict=True)
+        if indices
+    }
+
+
 def run_conns(target: Target, fleet: Fleet, spec: Conns) -> dict[str, Any]:
     """N idle connections, each subscribed to the run's hashtag; the workers' RSS growth."""
     agents = list(range(len(fleet)))
@@ -246,16 +254,7 @@ def run_conns(target: Target, fleet: Fleet, spec: Conns) -> dict[str, Any]:
     _close(fleet, [0])
     time.sleep(SETTLE)
     _, rss_before = _server_state(target)
-    endpoints = target.endpoints(spec.count)
-    connect = {
-        agent: {
-            "cmd": "connect",
-            "endpoints": [endpoints[i] for i in indices],
-            "tags": [tag] * len(indices),
-        }
-        for agent, indices in zip(agents, _split(spec.count, len(agents)), strict=True)
-        if indices
-    }
+    connect = _connect_commands(agents, target.endpoints(spec.count), tag)
     started = time.monotonic()
     opened = fleet.ask(connect, timeout=120 + spec.count / 20)
     connect_s = time.monotonic() - started
