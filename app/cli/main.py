@@ -9,6 +9,7 @@ import json
 import sys
 from typing import Any
 
+from app.cli.errors import CommandError
 from app.config import ConfigError, Settings
 
 
@@ -27,10 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as error:
         print(f"livepost: {error}", file=sys.stderr)
         return 1
-
-
-class CommandError(Exception):
-    """A command that cannot do what was asked; printed without a traceback."""
 
 
 def _parser() -> argparse.ArgumentParser:

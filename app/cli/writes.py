@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from app.cli.errors import CommandError
 from app.config import Settings
 from app.posts.service import PostNotFound
 from app.posts.validation import FieldErrors
@@ -26,8 +27,6 @@ async def write_post(
     settings: Settings, operation: str, username: str, pk: int | None, body: str | None
 ) -> dict[str, Any] | None:
     """create / edit / delete as `username`; returns the post (None for delete)."""
-    from app.cli.main import CommandError
-
     runtime = await Runtime.start(settings)
     try:
         user_id = await runtime.accounts.user_id_by_name(username)
