@@ -56,6 +56,17 @@ class Settings(BaseSettings):
     # before the request fails with 503: a database that stops answering must not hang them.
     db_timeout: float = 5.0
     log_level: str = "info"
+    # The change log (README: "Delivery guarantees").
+    relay_interval_seconds: float = 0.25  # how often each worker's relay looks for work
+    # A change still unpublished this long after its commit lost its fast-path publish.
+    relay_grace_seconds: float = 2.0
+    relay_lease_seconds: float = 10.0  # a relay's claim on a batch, then another may take it
+    changelog_retention_seconds: float = 24 * 60 * 60
+    changelog_max_per_hashtag: int = 1000
+    changelog_prune_interval_seconds: float = 60.0
+    sse_keepalive_seconds: float = 15.0
+    # Tests only: a worker dies between commit and publish of a post whose body holds this.
+    fault_kill_before_publish: str = ""
     # Where the CLI finds a running server (default: http://HOST:PORT).
     server_url: str | None = None
 

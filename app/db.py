@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from app.config import Settings
 
 SQLITE_BEGIN = "sqlite_begin"
+APPLICATION_NAME = "livepost"  # alembic/versions/0002_change_log.py matches it
 
 
 def make_engine(settings: Settings) -> AsyncEngine:
@@ -28,7 +29,13 @@ def make_engine(settings: Settings) -> AsyncEngine:
         pool_pre_ping=True,
         pool_timeout=settings.db_timeout,
         # Fail fast while PostgreSQL is unreachable or frozen instead of hanging requests.
-        connect_args={"timeout": settings.db_timeout, "command_timeout": settings.db_timeout},
+        connect_args={
+            "timeout": settings.db_timeout,
+            "command_timeout": settings.db_timeout,
+            # The change-log trigger tells the service's writes (published right after
+            # commit) from anyone else's (relayed at once) by this name.
+            "server_settings": {"application_name": APPLICATION_NAME},
+        },
     )
 
 

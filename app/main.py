@@ -22,7 +22,7 @@ from app.logs import LogContextMiddleware, setup_logging
 from app.pubsub.broker import BrokerUnavailable
 from app.runtime import Runtime
 from app.shutdown import install_graceful_stop
-from app.transport import health, rest_auth, rest_posts, ws
+from app.transport import health, rest_auth, rest_posts, sse, ws
 
 DESCRIPTION = """
 Realtime posts over WebSocket (`/ws`, DCRF's action protocol) with REST mirrors of every action.
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         setup_logging(resolved)
-        runtime = await Runtime.start(resolved)
+        runtime = await Runtime.start(resolved, run_relay=True)
         app.state.runtime = runtime
         undo_signal = install_graceful_stop(runtime)
         try:
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.include_router(rest_auth.router)
     app.include_router(rest_posts.router)
+    app.include_router(sse.router)
     app.include_router(health.router)
     return app
 

@@ -1,10 +1,21 @@
-"""The SQLModel family: tables (User, Post) and the public shapes a client sees."""
+"""The SQLModel family: tables (User, Post, the change log) and the public shapes a client sees."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, Integer, String
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    text,
+)
 from sqlmodel import Field, SQLModel
 from sqlmodel._compat import SQLModelConfig
 
@@ -56,6 +67,61 @@ class Post(SQLModel, table=True):
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
     )
     version: int = Field(default=1, sa_column=Column(Integer, nullable=False, default=1))
+
+
+class PostChange(SQLModel, table=True):
+    """The outbox: one row per committed post change, written by database triggers (migration
+    0002), so a change made by any path (the service, psql, a script) is recorded with the
+    transaction that made it. The id is the change's offset; ids follow commit order."""
+
+    __tablename__ = "post_changes"
+    __table_args__ = (
+        # The relay looks only at what is still unpublished.
+        Index(
+            "ix_post_changes_unpublished",
+            "id",
+            postgresql_where=text("NOT published"),
+            sqlite_where=text("NOT published"),
+        ),
+        # SQLite must never hand out a pruned offset again.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    post_id: int = Field(sa_column=Column(BigId, nullable=False))
+    action: str = Field(sa_column=Column(String(6), nullable=False))  # create, update, delete
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    author_id: int = Field(sa_column=Column(BigId, nullable=False))
+    created_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    old_body: str | None = Field(default=None, sa_column=Column(String(BODY_MAX_LENGTH)))
+    new_body: str | None = Field(default=None, sa_column=Column(String(BODY_MAX_LENGTH)))
+    # Seconds since the epoch, by the database's clock.
+    changed_at: float = Field(sa_column=Column(Float, nullable=False))
+    published: bool = Field(default=False, sa_column=Column(Boolean, nullable=False))
+    # Written outside the service (no fast-path publish is coming): relay it at once.
+    external: bool = Field(default=False, sa_column=Column(Boolean, nullable=False))
+    # A relay that claimed the row; another may take it over after this moment.
+    relay_after: float | None = Field(default=None, sa_column=Column(Float))
+
+
+class ChangeTag(SQLModel, table=True):
+    """Which hashtags a change touched (old and new), for resuming one hashtag's log."""
+
+    __tablename__ = "change_tags"
+    # Pruning by age deletes by change.
+    __table_args__ = (Index("ix_change_tags_change_id", "change_id"),)
+
+    tag: str = Field(sa_column=Column(String(255), primary_key=True))
+    change_id: int = Field(sa_column=Column(BigId, primary_key=True))
+
+
+class ChangeHorizon(SQLModel, table=True):
+    """Up to which offset the log was pruned: per hashtag, and for all of them (tag '')."""
+
+    __tablename__ = "change_horizons"
+
+    tag: str = Field(sa_column=Column(String(255), primary_key=True))
+    pruned_upto: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 
 # Lengths are documented in the schema but checked by the post service after it strips

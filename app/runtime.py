@@ -10,6 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.accounts.service import AccountService
 from app.accounts.throttle import AccountThrottles
+from app.changelog.catchup import CatchUp
+from app.changelog.reader import ChangeLog
+from app.changelog.relay import Relay
 from app.config import Settings
 from app.db import make_engine
 from app.posts.service import PostService
@@ -24,25 +27,45 @@ class Runtime:
     engine: AsyncEngine
     broker: Broker
     hub: Hub
+    relay: Relay
+    changelog: ChangeLog
+    catchup: CatchUp
     posts: PostService
     accounts: AccountService
     throttles: AccountThrottles
     admission: Admission
 
     @classmethod
-    async def start(cls, settings: Settings) -> Runtime:
-        """Build and connect everything; nothing connects before this is called."""
+    async def start(cls, settings: Settings, *, run_relay: bool = False) -> Runtime:
+        """Build and connect everything; nothing connects before this is called. Servers run
+        the relay; a CLI command that writes once needs none (the servers' relays cover it)."""
         secret = settings.secret  # refuses to start without one outside the embedded default
         engine = make_engine(settings)
         broker = make_broker(settings)
         hub = Hub(broker, settings.channel_prefix)
         await hub.start()
+        relay = Relay(engine, broker, settings)
+        if run_relay:
+            relay.start()
+        # A backlog must fit the connection's queue, with room for live events.
+        changelog = ChangeLog(engine, max_backlog=settings.ws_queue_size // 2)
+        catchup = CatchUp(hub, changelog)
+        broker.on_resync = catchup.schedule
         return cls(
             settings=settings,
             engine=engine,
             broker=broker,
             hub=hub,
-            posts=PostService(engine, broker, settings.channel_prefix),
+            relay=relay,
+            changelog=changelog,
+            catchup=catchup,
+            posts=PostService(
+                engine,
+                broker,
+                settings.channel_prefix,
+                on_published=relay.published,
+                kill_before_publish=settings.fault_kill_before_publish,
+            ),
             accounts=AccountService(engine, secret, settings.token_lifetime_minutes * 60),
             throttles=AccountThrottles.from_settings(settings),
             admission=Admission(
@@ -60,6 +83,8 @@ class Runtime:
 
     async def close(self) -> None:
         await self.posts.drain(self.settings.shutdown_grace_seconds)
+        await self.relay.stop()
+        await self.catchup.close()
         await self.hub.close()  # drops the broker connection and with it every channel
         await self.engine.dispose()
 

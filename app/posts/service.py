@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
-from collections.abc import Coroutine
-from datetime import UTC, datetime
+import os
+import signal
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import orjson
@@ -18,9 +18,11 @@ from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.changelog.record import tag_latest_change
 from app.db import begin_write
 from app.models import Post, utcnow
 from app.posts.hashtags import extract_hashtags
+from app.posts.public import PostData, post_data
 from app.posts.validation import clean_body, is_storable
 from app.pubsub.broker import Broker
 from app.pubsub.change import Change
@@ -31,7 +33,6 @@ log = logging.getLogger(__name__)
 posts = Post.__table__  # type: ignore[attr-defined]
 _COLUMNS = (posts.c.id, posts.c.author_id, posts.c.body, posts.c.created_at, posts.c.version)
 
-PostData = dict[str, Any]
 T = TypeVar("T")
 UNCHANGED: Any = object()  # a patch without body
 
@@ -41,10 +42,22 @@ class PostNotFound(Exception):
 
 
 class PostService:
-    def __init__(self, engine: AsyncEngine, broker: Broker, channel_prefix: str) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        broker: Broker,
+        channel_prefix: str,
+        *,
+        on_published: Callable[[int], None] = lambda _offset: None,
+        kill_before_publish: str = "",
+    ) -> None:
         self._engine = engine
         self._broker = broker
         self._prefix = channel_prefix
+        # Told each offset published on the fast path, so the relay need not (app/changelog).
+        self._on_published = on_published
+        # Fault injection for tests: die between commit and publish on a body holding this.
+        self._kill_marker = kill_before_publish
         self._sqlite = engine.dialect.name == "sqlite"
         self._writes: set[asyncio.Task[Any]] = set()
 
@@ -108,6 +121,7 @@ class PostService:
 
     async def _create(self, author_id: int, body: object) -> PostData:
         text = clean_body(body)
+        tags = extract_hashtags(text)
         now = utcnow()
         async with self._engine.begin() as conn:
             row = (
@@ -119,8 +133,9 @@ class PostService:
                     .returning(*_COLUMNS)
                 )
             ).one()
+            offset = await tag_latest_change(conn, tags) if tags else 0
         post = _post_data(row)
-        await self._publish(post["pk"], 1, post, frozenset(), extract_hashtags(text))
+        await self._publish(offset, post["pk"], 1, post, frozenset(), tags)
         return post
 
     async def _update(self, author_id: int, pk: int, body: object) -> PostData:
@@ -141,10 +156,11 @@ class PostService:
                         .returning(*_COLUMNS)
                     )
                 ).one()
+                old_tags, new_tags = extract_hashtags(old.body), extract_hashtags(text)
+                tags = old_tags | new_tags
+                offset = await tag_latest_change(conn, tags) if tags else 0
         post = _post_data(row)
-        await self._publish(
-            pk, post["version"], post, extract_hashtags(old.body), extract_hashtags(text)
-        )
+        await self._publish(offset, pk, post["version"], post, old_tags, new_tags)
         return post
 
     async def _delete(self, author_id: int, pk: int) -> None:
@@ -153,10 +169,10 @@ class PostService:
             async with conn.begin():
                 old = await self._owned_row(conn, author_id, pk)
                 await conn.execute(sql_delete(posts).where(posts.c.id == pk))
+                tags = extract_hashtags(old.body)
+                offset = await tag_latest_change(conn, tags) if tags else 0
         # A delete is the post's last version: one past its final state.
-        await self._publish(
-            pk, old.version + 1, {"pk": pk}, extract_hashtags(old.body), frozenset()
-        )
+        await self._publish(offset, pk, old.version + 1, {"pk": pk}, tags, frozenset())
 
     async def _owned_row(self, conn: Any, author_id: int, pk: int) -> Row[Any, Any, Any, Any, Any]:
         row = (
@@ -167,13 +183,23 @@ class PostService:
         return row
 
     async def _publish(
-        self, pk: int, version: int, data: PostData, old: frozenset[str], new: frozenset[str]
+        self,
+        offset: int,
+        pk: int,
+        version: int,
+        data: PostData,
+        old: frozenset[str],
+        new: frozenset[str],
     ) -> None:
-        """After commit: one message per hashtag in old | new, whatever the subscriber count."""
+        """After commit: one message per hashtag in old | new, whatever the subscriber count.
+        This is the fast path; should it not happen (the process dies, the broker is down),
+        the relay publishes the logged change instead."""
         if not old and not new:
             return
+        if self._kill_marker and self._kill_marker in data.get("body", ""):
+            os.kill(os.getpid(), signal.SIGKILL)
         change = Change(
-            change_id=uuid.uuid4().hex,
+            offset=offset,
             pk=pk,
             version=version,
             old_tags=old,
@@ -183,23 +209,12 @@ class PostService:
         channels = [channel_for(self._prefix, tag) for tag in sorted(change.tags)]
         try:
             await self._broker.publish_many(channels, change.encode())
-        except Exception:
-            # The write is committed and answered regardless; the gap is logged.
-            log.exception("publishing change %s of post %s failed", change.change_id, pk)
+        except Exception as error:
+            # The write is committed and answered regardless; the relay will publish it.
+            log.warning("publishing change %s of post %s failed: %r", offset, pk, error)
+            return
+        self._on_published(offset)
 
 
 def _post_data(row: Row[Any, Any, Any, Any, Any]) -> PostData:
-    return {
-        "pk": row.id,
-        "author": row.author_id,
-        "body": row.body,
-        "created_at": _iso(row.created_at),
-        "version": row.version,
-    }
-
-
-def _iso(moment: datetime) -> str:
-    # SQLite hands timestamps back without their zone; they were written in UTC.
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.isoformat()
+    return post_data(row.id, row.author_id, row.body, row.created_at, row.version)

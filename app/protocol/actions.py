@@ -142,9 +142,22 @@ def _hashtag(session: Session, request: dict[str, Any]) -> str:
     return tag
 
 
+def _since(request: dict[str, Any]) -> int | None:
+    value = request.get("since")
+    if value is None:
+        return None
+    try:
+        return min(clean_integer("since", value, minimum=0), _MAX_PK)  # beyond: ahead of the log
+    except FieldErrors as error:
+        raise ProtocolError(400, [error.errors]) from None
+
+
 async def subscribe_to_hashtag(session: Session, request: dict[str, Any]) -> Result:
-    await session.subscribe(_hashtag(session, request))
-    return {}, 201
+    tag, since = _hashtag(session, request), _since(request)
+    backlog = await session.subscribe(tag, since)
+    if since is None:
+        return {"offset": backlog.offset}, 201
+    return {"offset": backlog.offset, "recovered": backlog.recovered}, 201
 
 
 async def unsubscribe_from_hashtag(session: Session, request: dict[str, Any]) -> Result:

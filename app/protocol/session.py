@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from app.accounts.service import AccountService, Identity
+from app.changelog.reader import Backlog, ChangeLog
+from app.changelog.resume import subscribe_from
 from app.config import Settings
 from app.db import is_unavailable
 from app.logs import bind_log_fields
@@ -49,6 +51,7 @@ class Session:
         posts: PostService,
         accounts: AccountService,
         hub: Hub,
+        changelog: ChangeLog,
         outgoing: Outgoing,
         identity: Identity | None,
         *,
@@ -59,6 +62,7 @@ class Session:
         self.posts = posts
         self.accounts = accounts
         self.hub = hub
+        self.changelog = changelog
         self.outgoing = outgoing
         self.identity = identity
         self.settings = settings
@@ -186,7 +190,8 @@ class Session:
         bind_log_fields(user_id=identity.user_id)
         return True
 
-    async def subscribe(self, tag: str) -> None:
+    async def subscribe(self, tag: str, since: int | None = None) -> Backlog:
+        """Subscribe under this request's id; with since, missed changes come first."""
         subscription = self._subscriptions.get(self._key)
         held = sum(len(s.tags) for s in self._subscriptions.values())
         if (subscription is None or tag not in subscription.tags) and (
@@ -200,7 +205,11 @@ class Session:
             stream_json, request_id_json = self._key
             subscription = Subscription(request_id_json, stream_json, self.outgoing.put_event)
             self._subscriptions[self._key] = subscription
-        await self.hub.subscribe(subscription, tag)
+        try:
+            return await subscribe_from(self.hub, self.changelog, subscription, tag, since)
+        finally:
+            if not subscription.tags:
+                self._subscriptions.pop(self._key, None)
 
     async def unsubscribe(self, tag: str) -> None:
         """From the subscription of this request_id when it holds tag, else from all of them."""

@@ -19,6 +19,10 @@ class BrokerUnavailable(RuntimeError):
 
 
 class Broker(ABC):
+    # Called once the subscriptions are confirmed again after the broker connection was lost:
+    # whatever was published meanwhile never arrived (the hub catches up from the change log).
+    on_resync: Callable[[], None] | None = None
+
     @abstractmethod
     async def start(self, handler: MessageHandler) -> None:
         """Begin delivering messages of subscribed channels to handler(channel, data)."""

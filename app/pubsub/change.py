@@ -13,7 +13,8 @@ import orjson
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    change_id: str
+    # The change's position in the change log (its outbox id), growing with commit order.
+    offset: int
     pk: int
     version: int
     old_tags: frozenset[str]
@@ -26,10 +27,19 @@ class Change:
         """Every hashtag the change touches: a message goes to each one's channel."""
         return self.old_tags | self.new_tags
 
+    def event_head(self, action: str) -> str:
+        """An event without its request_id value and closing brace (each subscription
+        appends its own): built once per action, whatever the number of subscribers."""
+        data = f'{{"pk":{self.pk}}}' if action == "delete" else self.data_json
+        return (
+            f'{{"action":"{action}","pk":{self.pk},"data":{data},'
+            f'"offset":{self.offset},"request_id":'
+        )
+
     def encode(self) -> bytes:
         header = orjson.dumps(
             {
-                "id": self.change_id,
+                "o": self.offset,
                 "pk": self.pk,
                 "v": self.version,
                 "old": sorted(self.old_tags),
@@ -43,7 +53,7 @@ class Change:
         header, _, data = message.partition(b"\n")
         fields = orjson.loads(header)
         return cls(
-            change_id=fields["id"],
+            offset=fields["o"],
             pk=fields["pk"],
             version=fields["v"],
             old_tags=frozenset(fields["old"]),

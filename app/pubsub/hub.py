@@ -27,7 +27,7 @@ VERSION_MEMORY = 100_000
 class Subscription:
     """The hashtags one connection subscribed under one request_id (and framing)."""
 
-    __slots__ = ("deliver", "request_id_json", "stream_json", "tags")
+    __slots__ = ("deliver", "frame_key", "replay", "request_id_json", "stream_json", "tags")
 
     def __init__(
         self, request_id_json: str, stream_json: str | None, deliver: Callable[[str], None]
@@ -36,8 +36,13 @@ class Subscription:
         self.stream_json = stream_json
         self.deliver = deliver
         self.tags: set[str] = set()
+        # While a resume reads the backlog, live events wait here as (offset, frame), to be
+        # merged with it by offset (app/protocol/resume.py).
+        self.replay: list[tuple[int, str]] | None = None
+        # Subscriptions with equal keys get the same frame for the same event.
+        self.frame_key: tuple[str | None, ...] = (request_id_json, stream_json)
 
-    def frame(self, event_head: str) -> str:
+    def frame(self, action: str, offset: int, event_head: str) -> str:
         """The event frame for this subscription, from the shared head of the event."""
         event = event_head + self.request_id_json + "}"
         if self.stream_json is None:
@@ -49,11 +54,14 @@ class Hub:
     def __init__(self, broker: Broker, channel_prefix: str) -> None:
         self._broker = broker
         self._prefix = channel_prefix
-        self._index: dict[str, dict[Subscription, None]] = {}
+        # Per tag, its local subscriptions and the log offset each subscribed at (its floor:
+        # a catch-up after a broker outage never gives it a change from before it came).
+        self._index: dict[str, dict[Subscription, int]] = {}
         self._active: set[str] = set()
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._versions: OrderedDict[int, int] = OrderedDict()
         self._background: set[asyncio.Task[None]] = set()
+        self.last_offset = 0  # the highest offset that came through here
 
     async def start(self) -> None:
         await self._broker.start(self.on_message)
@@ -72,13 +80,24 @@ class Hub:
     async def subscribe(self, subscription: Subscription, tag: str) -> None:
         """Add tag to the subscription; returns once the broker confirms the channel."""
         subscription.tags.add(tag)
-        self._index.setdefault(tag, {})[subscription] = None
+        self._index.setdefault(tag, {}).setdefault(subscription, 0)
         try:
             await self._reconcile(tag)
         except BaseException:
             self._remove(subscription, tag)
             self._reconcile_later(tag)
             raise
+
+    def set_floor(self, subscription: Subscription, tag: str, offset: int) -> None:
+        """The subscription has (or will have, from its backlog) everything up to offset."""
+        members = self._index.get(tag)
+        if members is not None and subscription in members:
+            members[subscription] = offset
+
+    def floor(self) -> int:
+        """Where a catch-up must start so no local subscription misses a change."""
+        floors = [f for members in self._index.values() for f in members.values()]
+        return max(self.last_offset, min(floors, default=self.last_offset))
 
     async def unsubscribe(self, subscription: Subscription, tag: str) -> None:
         """Remove tag from the subscription; the last one out drops the channel."""
@@ -88,8 +107,12 @@ class Hub:
     def discard(self, subscription: Subscription) -> None:
         """Forget a subscription whose connection is gone (without waiting for the broker)."""
         for tag in list(subscription.tags):
-            if self._remove(subscription, tag):
-                self._reconcile_later(tag)
+            self.drop(subscription, tag)
+
+    def drop(self, subscription: Subscription, tag: str) -> None:
+        """Remove one tag without waiting for the broker."""
+        if self._remove(subscription, tag):
+            self._reconcile_later(tag)
 
     def _remove(self, subscription: Subscription, tag: str) -> bool:
         """Remove one tag; True when that left the tag without local subscriptions."""
@@ -140,32 +163,52 @@ class Hub:
     def on_message(self, _channel: str, message: bytes) -> None:
         """A change arrived from the broker: deliver one event per interested subscription."""
         change = Change.decode(message)
+        if change.offset > self.last_offset:
+            self.last_offset = change.offset
         if not self._is_new(change):
             return
-        targets: dict[Subscription, None] = {}
+        targets: dict[Subscription, int] = {}
         for tag in change.tags:
             members = self._index.get(tag)
             if members:
                 targets.update(members)
-        if not targets:
-            return
+        if targets:
+            self._fan_out(change, targets)
+
+    def catch_up(self, changes: list[Change]) -> None:
+        """Deliver changes read back from the log after a broker outage, in offset order:
+        what arrived live already is dropped by version, as are subscriptions' pasts."""
+        for change in changes:
+            if not self._is_new(change):
+                continue
+            targets: dict[Subscription, int] = {}
+            for tag in change.tags:
+                for subscription, floor in self._index.get(tag, {}).items():
+                    if floor < change.offset:
+                        targets[subscription] = floor
+            if targets:
+                self._fan_out(change, targets)
+            self.last_offset = max(self.last_offset, change.offset)
+
+    def _fan_out(self, change: Change, targets: dict[Subscription, int]) -> None:
         heads: dict[str, str] = {}
-        frames: dict[tuple[str, str, str | None], str] = {}
+        frames: dict[tuple[str, tuple[str | None, ...]], str] = {}
         for subscription in targets:
             action = event_action(change.old_tags, change.new_tags, subscription.tags)
             if action is None:
                 continue
             head = heads.get(action)
             if head is None:
-                data = f'{{"pk":{change.pk}}}' if action == "delete" else change.data_json
-                head = f'{{"action":"{action}","pk":{change.pk},"data":{data},"request_id":'
-                heads[action] = head
+                head = heads[action] = change.event_head(action)
             # Subscribers sharing a request_id and framing share one frame string.
-            key = (action, subscription.request_id_json, subscription.stream_json)
+            key = (action, subscription.frame_key)
             frame = frames.get(key)
             if frame is None:
-                frame = frames[key] = subscription.frame(head)
-            subscription.deliver(frame)
+                frame = frames[key] = subscription.frame(action, change.offset, head)
+            if subscription.replay is None:
+                subscription.deliver(frame)
+            else:
+                subscription.replay.append((change.offset, frame))
 
     def _is_new(self, change: Change) -> bool:
         seen = self._versions.get(change.pk)

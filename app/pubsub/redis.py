@@ -50,6 +50,7 @@ class RedisBroker(Broker):
         self.disconnects = 0
         self.publish_failures = 0
         self.down_since: float | None = None
+        self._resync_pending = False
 
     async def start(self, handler: MessageHandler) -> None:
         self._handler = handler
@@ -170,6 +171,9 @@ class RedisBroker(Broker):
             # Everything the hub still needs, in one command; confirmations arrive as messages.
             await conn.send_command("SUBSCRIBE", *sorted(self._wanted))
         if self.down_since is not None:
+            # Answered after every confirmation of that SUBSCRIBE: then it is time to resync.
+            self._resync_pending = True
+            await conn.send_command("PING")
             log.warning(
                 "redis listener back after %.1f s; resubscribed %d channels",
                 time.monotonic() - self.down_since,
@@ -202,6 +206,10 @@ class RedisBroker(Broker):
                     handler(response[1].decode(), response[2])
                 except Exception:
                     log.exception("handling a message on %r failed", response[1])
+        elif kind == b"pong" and self._resync_pending:
+            self._resync_pending = False
+            if self.on_resync is not None:
+                self.on_resync()
         elif kind == b"subscribe":
             waiters = self._waiters.get(response[1].decode())
             while waiters:

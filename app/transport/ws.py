@@ -178,6 +178,7 @@ class LiveConnection:
             runtime.posts,
             runtime.accounts,
             runtime.hub,
+            runtime.changelog,
             self.outgoing,
             self.identity,
             settings=runtime.settings,

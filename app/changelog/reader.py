@@ -1,0 +1,104 @@
+"""Reading the change log back: the current offset, and one hashtag's changes after an offset.
+
+A resuming subscriber subscribes to the live channel first and reads here second, so every
+change is in the backlog, or arrives live, or both (then the offsets tell them apart).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.changelog.record import change_from_row, change_tags, changes
+from app.models import ChangeHorizon
+from app.pubsub.change import Change
+
+log = logging.getLogger(__name__)
+
+horizons = ChangeHorizon.__table__  # type: ignore[attr-defined]
+ALL_TAGS = ""  # the horizon row of pruning by age, which covers every hashtag
+TAGS_PER_QUERY = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    offset: int  # the log's current end
+    recovered: bool  # False: what was asked for is no longer (or not yet) in the log
+    changes: list[Change] = field(default_factory=list)
+
+
+class ChangeLog:
+    def __init__(self, engine: AsyncEngine, max_backlog: int) -> None:
+        self._engine = engine
+        # A longer backlog would not fit the connection's queue: the client reloads instead.
+        self._max_backlog = max_backlog
+        self._postgresql = engine.dialect.name == "postgresql"
+
+    async def read(self, tag: str, since: int | None) -> Backlog:
+        """The current offset and, when since is given, tag's changes after it, in order."""
+        async with self._engine.connect() as conn:
+            if self._postgresql:
+                # One snapshot for the horizon and the rows, so a prune in between cannot
+                # take rows away from a backlog already declared complete.
+                conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                return await self._read(conn, tag, since)
+
+    async def _read(self, conn: AsyncConnection, tag: str, since: int | None) -> Backlog:
+        pruned: dict[str, int] = dict(
+            (
+                await conn.execute(
+                    select(horizons.c.tag, horizons.c.pruned_upto).where(
+                        horizons.c.tag.in_((ALL_TAGS, tag))
+                    )
+                )
+            ).all()
+        )
+        newest = (await conn.execute(select(func.max(changes.c.id)))).scalar() or 0
+        current = max(newest, pruned.get(ALL_TAGS, 0))
+        if since is None:
+            return Backlog(current, recovered=True)
+        if since > current or since < max(pruned.values(), default=0):
+            return Backlog(current, recovered=False)
+        rows = (
+            await conn.execute(
+                select(changes)
+                .join(change_tags, change_tags.c.change_id == changes.c.id)
+                .where(change_tags.c.tag == tag, change_tags.c.change_id > since)
+                .order_by(change_tags.c.change_id)
+                .limit(self._max_backlog + 1)
+            )
+        ).all()
+        if len(rows) > self._max_backlog:
+            return Backlog(current, recovered=False)
+        return Backlog(current, recovered=True, changes=[change_from_row(row) for row in rows])
+
+    async def read_tags(
+        self, tags: frozenset[str], since: int, limit: int = 10_000
+    ) -> list[Change]:
+        """Changes after since touching any of tags, in offset order (at most limit)."""
+        ordered = sorted(tags)
+        found: dict[int, Change] = {}
+        async with self._engine.connect() as conn:
+            for start in range(0, len(ordered), TAGS_PER_QUERY):
+                chunk = ordered[start : start + TAGS_PER_QUERY]
+                matching = (
+                    select(change_tags.c.change_id)
+                    .where(change_tags.c.tag.in_(chunk), change_tags.c.change_id > since)
+                    .distinct()
+                    .scalar_subquery()
+                )
+                rows = await conn.execute(
+                    select(changes)
+                    .where(changes.c.id.in_(matching))
+                    .order_by(changes.c.id)
+                    .limit(limit)
+                )
+                for row in rows:
+                    found[row.id] = change_from_row(row)
+        if len(found) >= limit:
+            log.warning("catch-up capped at %d changes after offset %d", limit, since)
+        return [found[offset] for offset in sorted(found)[:limit]]

@@ -1,0 +1,65 @@
+"""Inside a write's transaction: find the change the trigger just logged and index its tags.
+
+The trigger (alembic/versions/0002_change_log.py) writes the change row itself, so plain SQL
+is logged too; the service adds the hashtags it already knows, in the same transaction, so a
+resuming reader finds the change under its tags as soon as it is committed.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import orjson
+from sqlalchemy import TextClause, bindparam, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.models import ChangeTag, PostChange
+from app.posts.hashtags import extract_hashtags
+from app.posts.public import PostData, post_data
+from app.pubsub.change import Change
+
+changes = PostChange.__table__  # type: ignore[attr-defined]
+change_tags = ChangeTag.__table__  # type: ignore[attr-defined]
+
+
+@cache
+def _tag_latest(count: int) -> TextClause:
+    # The newest change is this transaction's: whoever logs a change holds the log until it
+    # commits (an advisory lock on PostgreSQL, the write lock on SQLite).
+    tags = " UNION ALL ".join(f"SELECT CAST(:t{i} AS VARCHAR(255)) AS tag" for i in range(count))
+    return text(
+        "INSERT INTO change_tags (change_id, tag) "
+        f"SELECT m.id, t.tag FROM (SELECT max(id) AS id FROM post_changes) AS m, ({tags}) AS t "
+        "RETURNING change_id"
+    ).bindparams(*(bindparam(f"t{i}") for i in range(count)))
+
+
+async def tag_latest_change(conn: AsyncConnection, tags: frozenset[str]) -> int:
+    """Index the change just logged in this transaction under tags; returns its offset."""
+    ordered = sorted(tags)
+    result = await conn.execute(
+        _tag_latest(len(ordered)), {f"t{i}": tag for i, tag in enumerate(ordered)}
+    )
+    offset = result.scalars().first()
+    if offset is None:  # the triggers of migration 0002 are missing
+        raise RuntimeError("no change was logged for this write")
+    return int(offset)
+
+
+def change_from_row(row: Any) -> Change:
+    """A logged change as the broker carries it, hashtags derived from the bodies."""
+    old = extract_hashtags(row.old_body) if row.old_body is not None else frozenset()
+    new = extract_hashtags(row.new_body) if row.new_body is not None else frozenset()
+    if row.action == "delete":
+        data: PostData = {"pk": row.post_id}
+    else:
+        data = post_data(row.post_id, row.author_id, row.new_body, row.created_at, row.version)
+    return Change(
+        offset=row.id,
+        pk=row.post_id,
+        version=row.version,
+        old_tags=old,
+        new_tags=new,
+        data_json=orjson.dumps(data).decode(),
+    )
