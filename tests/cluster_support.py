@@ -60,11 +60,17 @@ def fresh_database(url: str) -> Iterator[str]:
 
 @contextmanager
 def running_cluster(
-    workers: int, redis_url: str | None = None, *, nginx: bool, prefix: str | None = None
+    workers: int,
+    redis_url: str | None = None,
+    *,
+    nginx: bool,
+    prefix: str | None = None,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[Cluster]:
     """A started Cluster of `workers` processes on a fresh database, stopped afterwards.
 
-    redis_url defaults to the shared test Redis; prefix, when given, is its CHANNEL_PREFIX.
+    redis_url defaults to the shared test Redis; prefix, when given, is its CHANNEL_PREFIX;
+    settings are more environment variables for the workers.
     Skips (or fails under LIVEPOST_REQUIRE_SERVICES=1) without PostgreSQL and Redis."""
     pg_url, shared_redis_url = require_services()
     with fresh_database(pg_url) as database_url:
@@ -75,6 +81,7 @@ def running_cluster(
         }
         if prefix is not None:
             env["CHANNEL_PREFIX"] = prefix
+        env |= settings or {}
         deployment = Cluster(workers, env, nginx=nginx)
         try:
             deployment.start()

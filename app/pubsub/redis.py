@@ -198,6 +198,12 @@ class RedisBroker(Broker):
             self._dispatch(response)
 
     def _dispatch(self, response: Any) -> None:
+        if not isinstance(response, list) or response[0] == b"pong":  # PING's answer
+            if self._resync_pending:
+                self._resync_pending = False
+                if self.on_resync is not None:
+                    self.on_resync()
+            return
         kind = response[0]
         if kind == b"message":
             handler = self._handler
@@ -206,10 +212,6 @@ class RedisBroker(Broker):
                     handler(response[1].decode(), response[2])
                 except Exception:
                     log.exception("handling a message on %r failed", response[1])
-        elif kind == b"pong" and self._resync_pending:
-            self._resync_pending = False
-            if self.on_resync is not None:
-                self.on_resync()
         elif kind == b"subscribe":
             waiters = self._waiters.get(response[1].decode())
             while waiters:
