@@ -16,7 +16,7 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -32,6 +32,8 @@ from app.pubsub.channels import channel_for
 log = logging.getLogger(__name__)
 
 BATCH = 500
+# Spelled as the partial index ix_post_changes_unpublished is, so both databases use it.
+UNPUBLISHED = text("NOT published")
 PRUNE_BATCH = 5000
 
 
@@ -107,17 +109,22 @@ class Relay:
     async def relay_once(self) -> int:
         """Publish one batch of due changes; returns how many were due."""
         now = time.time()
+        due = (
+            UNPUBLISHED,
+            or_(changes.c.external, changes.c.changed_at < now - self._grace),
+            or_(changes.c.relay_after.is_(None), changes.c.relay_after < now),
+        )
+        # Mostly there is nothing to do: find that out without taking any lock.
+        async with self._engine.connect() as conn:
+            if (await conn.execute(select(changes.c.id).where(*due).limit(1))).first() is None:
+                return 0
         async with self._engine.connect() as conn:
             await begin_write(conn)
             async with conn.begin():
                 rows = (
                     await conn.execute(
                         select(changes)
-                        .where(
-                            changes.c.published.is_(False),
-                            or_(changes.c.external, changes.c.changed_at < now - self._grace),
-                            or_(changes.c.relay_after.is_(None), changes.c.relay_after < now),
-                        )
+                        .where(*due)
                         .order_by(changes.c.id)
                         .limit(BATCH)
                         .with_for_update(skip_locked=True)

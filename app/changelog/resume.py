@@ -31,7 +31,8 @@ async def subscribe_from(
         raise
     frames = dict(subscription.replay or ())
     subscription.replay = None
-    hub.set_floor(subscription, tag, backlog.offset)
+    if since is not None or not had_tag:  # a repeated plain subscribe keeps its start
+        hub.set_floor(subscription, tag, backlog.offset)
     for change in backlog.changes:
         if change.offset in frames:
             continue

@@ -89,7 +89,8 @@ class Hub:
             raise
 
     def set_floor(self, subscription: Subscription, tag: str, offset: int) -> None:
-        """The subscription has (or will have, from its backlog) everything up to offset."""
+        """The subscription has (or will have, from its backlog) everything of tag up to
+        offset: later copies of those changes are not delivered to it."""
         members = self._index.get(tag)
         if members is not None and subscription in members:
             members[subscription] = offset
@@ -165,35 +166,41 @@ class Hub:
         change = Change.decode(message)
         if change.offset > self.last_offset:
             self.last_offset = change.offset
-        if not self._is_new(change):
-            return
-        targets: dict[Subscription, int] = {}
-        for tag in change.tags:
-            members = self._index.get(tag)
-            if members:
-                targets.update(members)
-        if targets:
-            self._fan_out(change, targets)
+        if self._is_new(change):
+            self._fan_out(change, self._targets(change))
 
     def catch_up(self, changes: list[Change]) -> None:
         """Deliver changes read back from the log after a broker outage, in offset order:
         what arrived live already is dropped by version, as are subscriptions' pasts."""
         for change in changes:
-            if not self._is_new(change):
-                continue
-            targets: dict[Subscription, int] = {}
-            for tag in change.tags:
-                for subscription, floor in self._index.get(tag, {}).items():
-                    if floor < change.offset:
-                        targets[subscription] = floor
-            if targets:
-                self._fan_out(change, targets)
+            if self._is_new(change):
+                self._fan_out(change, self._targets(change))
             self.last_offset = max(self.last_offset, change.offset)
+
+    def _targets(self, change: Change) -> dict[Subscription, int]:
+        """The subscriptions of the change's tags, each with its lowest floor among them.
+        A copy: delivering may close a connection, which changes the index."""
+        tags = change.tags
+        if len(tags) == 1:
+            for tag in tags:
+                return dict(self._index.get(tag, ()))
+        targets: dict[Subscription, int] = {}
+        for tag in tags:
+            for subscription, floor in self._index.get(tag, {}).items():
+                known = targets.get(subscription)
+                if known is None or floor < known:
+                    targets[subscription] = floor
+        return targets
 
     def _fan_out(self, change: Change, targets: dict[Subscription, int]) -> None:
         heads: dict[str, str] = {}
         frames: dict[tuple[str, tuple[str | None, ...]], str] = {}
-        for subscription in targets:
+        offset = change.offset
+        for subscription, floor in targets.items():
+            # Committed before the subscription's reply: not its business (a resume's backlog
+            # already brought it, when asked for).
+            if offset <= floor:
+                continue
             action = event_action(change.old_tags, change.new_tags, subscription.tags)
             if action is None:
                 continue
