@@ -16,6 +16,9 @@ from app.pubsub.hub import Hub
 
 log = logging.getLogger(__name__)
 
+ATTEMPTS = 20
+RETRY_SECONDS = 0.5
+
 
 class CatchUp:
     def __init__(self, hub: Hub, changelog: ChangeLog) -> None:
@@ -34,12 +37,16 @@ class CatchUp:
         if not tags:
             return
         since = self._hub.floor()
-        try:
-            changes = await self._changelog.read_tags(tags, since)
-        except Exception as error:
-            # Subscribers can still resume with `since`; nothing else to do here.
-            log.warning("catching up after the broker outage failed: %r", error)
-            return
+        for attempt in range(ATTEMPTS):
+            try:
+                changes = await self._changelog.read_tags(tags, since)
+                break
+            except Exception as error:
+                if attempt == ATTEMPTS - 1:
+                    # Subscribers can still resume with `since`; nothing more to do here.
+                    log.warning("catching up after the broker outage failed: %r", error)
+                    return
+                await asyncio.sleep(RETRY_SECONDS)  # the database may be coming back too
         log.info("caught up %d changes after offset %d", len(changes), since)
         self._hub.catch_up(changes)
 

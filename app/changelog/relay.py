@@ -72,6 +72,7 @@ class Relay:
 
     async def _run(self) -> None:
         next_prune = time.monotonic()
+        failing = False
         while True:
             try:
                 await self.flush_marks()
@@ -80,9 +81,14 @@ class Relay:
                 if time.monotonic() >= next_prune:
                     await self.prune()
                     next_prune = time.monotonic() + self._prune_every
+                if failing:
+                    log.warning("change relay working again")
+                    failing = False
             except Exception as error:
-                # The database or the broker is away: try again next round.
-                log.warning("change relay round failed: %r", error)
+                # The database or the broker is away: try again next round (said once).
+                if not failing:
+                    log.warning("change relay round failed, retrying: %r", error)
+                    failing = True
             await asyncio.sleep(self._interval)
 
     async def flush_marks(self) -> None:
