@@ -217,11 +217,34 @@ def wrapped(payload: dict[str, Any], stream: str = "posts") -> dict[str, Any]:
     return {"stream": stream, "payload": payload}
 
 
-async def subscribe(client: WsClient, tag: str, request_id: Any) -> None:
+class _AnyOffset:
+    """Matches any change-log offset (a positive integer) inside an expected frame; the tests
+    of the change log check the values themselves."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, int) and not isinstance(other, bool) and other > 0
+
+    def __repr__(self) -> str:
+        return "<offset>"
+
+
+OFFSET: Any = _AnyOffset()
+
+
+def event(action: str, pk: int, data: Any, request_id: Any, offset: Any = OFFSET) -> dict[str, Any]:
+    """An event frame as the contract shapes it (offset: where its change is in the log)."""
+    return {"action": action, "pk": pk, "data": data, "offset": offset, "request_id": request_id}
+
+
+async def subscribe(client: WsClient, tag: str, request_id: Any) -> int:
+    """Subscribe; returns the log's current offset from the reply."""
     reply = await client.ask(
         {"action": "subscribe_to_hashtag", "hashtag": tag, "request_id": request_id}
     )
-    assert reply == ok("subscribe_to_hashtag", {}, request_id, 201)
+    offset = reply["data"]["offset"] if isinstance(reply.get("data"), dict) else None
+    assert isinstance(offset, int) and offset >= 0, reply
+    assert reply == ok("subscribe_to_hashtag", {"offset": offset}, request_id, 201)
+    return offset
 
 
 async def barrier(stack: Endpoint, writer: User, *clients: WsClient) -> None:

@@ -19,6 +19,7 @@ from tests.support import (
     CliResult,
     Stack,
     assert_post_is,
+    event,
     run_cli,
     subscribe,
     unique,
@@ -201,8 +202,7 @@ async def test_post_create_reaches_subscribers(live: Stack, tmp_path: Path) -> N
         await cli(live, tmp_path, "post", "create", "--user", user.username, "--body", f"#{tag}")
     ).json()
     assert_post_is(post, author=user.id, body=f"#{tag}", version=1)
-    event = await watcher.recv()
-    assert event == {"action": "create", "pk": post["pk"], "data": post, "request_id": "cli-watch"}
+    assert await watcher.recv() == event("create", post["pk"], post, "cli-watch")
 
 
 async def test_post_edit_and_delete(live: Stack, tmp_path: Path) -> None:
@@ -355,7 +355,15 @@ async def test_migrate_creates_the_tables(tmp_path: Path) -> None:
             tables = await conn.run_sync(lambda sync: sorted(inspect(sync).get_table_names()))
     finally:
         await engine.dispose()
-    assert tables == ["alembic_version", "posts", "users"]
+    # With the change log (migration 0002): the outbox, its hashtag index and its horizons.
+    assert tables == [
+        "alembic_version",
+        "change_horizons",
+        "change_tags",
+        "post_changes",
+        "posts",
+        "users",
+    ]
 
 
 @pytest.mark.parametrize("args", [(), ("user",), ("post",)])

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from app.cli.cluster import Cluster
 from app.pubsub.channels import channel_for
 from tests.cluster_support import running_cluster
-from tests.support import Endpoint, WsClient, barrier, run_cli, subscribe, unique
+from tests.support import Endpoint, WsClient, barrier, event, run_cli, subscribe, unique
 
 WORKERS = 2
 
@@ -68,9 +68,7 @@ async def test_every_diff_rule_across_workers(workers: list[Endpoint]) -> None:
 
     async def expect(action: str, pk: int, data: dict[str, Any]) -> None:
         for client, request_id in ((near, 1), (far, 2)):
-            assert await client.recv() == {
-                "action": action, "pk": pk, "data": data, "request_id": request_id,
-            }  # fmt: skip
+            assert await client.recv() == event(action, pk, data, request_id)
 
     post = await ask_ok(out, {"action": "create", "data": {"body": f"#{a} hello"}})
     pk = post["pk"]
@@ -102,10 +100,7 @@ async def test_rest_and_cli_writes_reach_every_worker(
         created = await http.post("/posts", json={"body": f"rest #{tag}"}, headers=user.headers)
     assert created.status_code == 201
     for subscriber in subscribers:
-        assert await subscriber.recv() == {
-            "action": "create", "pk": created.json()["pk"], "data": created.json(),
-            "request_id": "s",
-        }  # fmt: skip
+        assert await subscriber.recv() == event("create", created.json()["pk"], created.json(), "s")
 
     env = {**os.environ, **{k: v for k, v in cluster.env.items() if k.isupper()}}
     async with asyncio.timeout(30):
@@ -115,9 +110,7 @@ async def test_rest_and_cli_writes_reach_every_worker(
     assert result.returncode == 0, result.stderr
     post = json.loads(result.stdout)
     for subscriber in subscribers:
-        assert await subscriber.recv() == {
-            "action": "create", "pk": post["pk"], "data": post, "request_id": "s",
-        }  # fmt: skip
+        assert await subscriber.recv() == event("create", post["pk"], post, "s")
 
 
 async def test_overlapping_tags_give_one_event_across_channels(workers: list[Endpoint]) -> None:
@@ -132,10 +125,8 @@ async def test_overlapping_tags_give_one_event_across_channels(workers: list[End
     await subscribe(other, b, 8)
     writer = await w0.connect(user)
     post = await ask_ok(writer, {"action": "create", "data": {"body": f"#{a} #{b}"}})
-    assert await listener.recv() == {"action": "create", "pk": post["pk"], "data": post,
-                                     "request_id": 7}  # fmt: skip
-    assert await other.recv() == {"action": "create", "pk": post["pk"], "data": post,
-                                  "request_id": 8}  # fmt: skip
+    assert await listener.recv() == event("create", post["pk"], post, 7)
+    assert await other.recv() == event("create", post["pk"], post, 8)
     await barrier(w0, user, listener, other)
 
 
@@ -147,10 +138,11 @@ async def test_a_write_after_the_subscribe_reply_always_arrives(workers: list[En
     writer = await w1.connect(user)
     for _ in range(20):
         tag = unique("race")
-        await subscribe(subscriber, tag, tag)
+        offset = await subscribe(subscriber, tag, tag)
         post = await ask_ok(writer, {"action": "create", "data": {"body": f"#{tag}"}})
-        assert await subscriber.recv() == {"action": "create", "pk": post["pk"], "data": post,
-                                           "request_id": tag}  # fmt: skip
+        received = await subscriber.recv()
+        assert received == event("create", post["pk"], post, tag)
+        assert received["offset"] > offset  # committed after the reply: later in the log
 
 
 async def test_versions_never_go_backwards_with_two_writers(workers: list[Endpoint]) -> None:
@@ -173,8 +165,8 @@ async def test_versions_never_go_backwards_with_two_writers(workers: list[Endpoi
     for watcher in watchers:
         versions = []
         while not versions or versions[-1] != final:
-            event = await watcher.recv()
-            versions.append(event["data"]["version"])
+            frame = await watcher.recv()
+            versions.append(frame["data"]["version"])
         assert versions == sorted(set(versions)), versions
         assert versions[0] == 1
 
@@ -250,5 +242,4 @@ async def test_clients_behind_nginx_on_different_workers_see_each_other(
     first, second = by_worker.values()
     await subscribe(first, tag, "lb")
     post = await ask_ok(second, {"action": "create", "data": {"body": f"via nginx #{tag}"}})
-    assert await first.recv() == {"action": "create", "pk": post["pk"], "data": post,
-                                  "request_id": "lb"}  # fmt: skip
+    assert await first.recv() == event("create", post["pk"], post, "lb")

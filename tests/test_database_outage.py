@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.config import Settings
 from app.migrations import upgrade_to_head
-from tests.support import TIMEOUT, Server, Stack, WsClient, subscribe, unique
+from tests.support import TIMEOUT, Server, Stack, WsClient, event, subscribe, unique
 
 PG_URL = os.environ.get("LIVEPOST_TEST_DATABASE_URL")
 REQUIRE = os.environ.get("LIVEPOST_REQUIRE_SERVICES") == "1"
@@ -219,12 +219,7 @@ async def test_requests_get_503_while_postgres_is_down_and_work_again_after(
     created, _ = await ask(client, {"action": "create", "data": {"body": body}, "request_id": "c0"})
     assert created["response_status"] == 201, created
     first = created["data"]
-    assert await client.recv() == {
-        "action": "create",
-        "pk": first["pk"],
-        "data": first,
-        "request_id": "sub",
-    }
+    assert await client.recv() == event("create", first["pk"], first, "sub")
 
     await proxy.stop()
 
@@ -244,6 +239,14 @@ async def test_requests_get_503_while_postgres_is_down_and_work_again_after(
         client, {"action": "authenticate", "token": user.token, "request_id": "a1"}
     )
     assert reply == unavailable("authenticate", "a1")
+    # A subscribe reads the change log's current offset (its reply carries it): 503 too, and
+    # it leaves no half-made subscription behind.
+    refused_tag = unique("x")
+    reply, timings["ws subscribe"] = await ask(
+        client, {"action": "subscribe_to_hashtag", "hashtag": refused_tag, "request_id": "s1"}
+    )
+    assert reply == unavailable("subscribe_to_hashtag", "s1")
+    assert refused_tag not in stack.server.runtime.hub.local_tags
 
     # REST: 503 with its own text; the probes tell load balancers.
     response, timings["rest list"] = await get(stack, "/posts")
@@ -265,16 +268,11 @@ async def test_requests_get_503_while_postgres_is_down_and_work_again_after(
     slow = {name: seconds for name, seconds in timings.items() if seconds > FAIL_FAST}
     assert not slow, f"requests hung instead of failing fast: {slow}"
 
-    # Subscriptions need no database: the connection keeps serving them.
-    reply, _ = await ask(
-        client, {"action": "subscribe_to_hashtag", "hashtag": unique("x"), "request_id": "s1"}
-    )
-    assert reply["response_status"] == 201, reply
-
     await proxy.start()
     await wait_ready(stack)
 
-    # The same WebSocket connection: writes, reads and events work again.
+    # The same WebSocket connection: subscribes, writes, reads and events work again.
+    await subscribe(client, refused_tag, "s2")
     body = f"after the outage #{tag}"
     created, _ = await ask(client, {"action": "create", "data": {"body": body}, "request_id": "c2"})
     second = created["data"]
@@ -291,12 +289,7 @@ async def test_requests_get_503_while_postgres_is_down_and_work_again_after(
         "response_status": 201,
         "request_id": "c2",
     }
-    assert await client.recv() == {
-        "action": "create",
-        "pk": second["pk"],
-        "data": second,
-        "request_id": "sub",
-    }
+    assert await client.recv() == event("create", second["pk"], second, "sub")
     listed, _ = await ask(client, {"action": "list", "request_id": "l2"})
     assert listed == {
         "errors": [],

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from app.pubsub.channels import channel_for
 from tests.support import (
+    OFFSET,
     Stack,
     User,
     WsClient,
@@ -41,7 +42,13 @@ NOT_FOUND = ["Not found"]
 def event(action: str, post: dict[str, Any], request_id: Any) -> dict[str, Any]:
     """The event a subscription gets; a delete carries only the pk."""
     data = {"pk": post["pk"]} if action == "delete" else post
-    return {"action": action, "pk": post["pk"], "data": data, "request_id": request_id}
+    return {
+        "action": action,
+        "pk": post["pk"],
+        "data": data,
+        "offset": OFFSET,
+        "request_id": request_id,
+    }
 
 
 # ---- writes ------------------------------------------------------------------------------------
@@ -84,6 +91,14 @@ async def rest(
     """One REST call as user; the caller checks the status."""
     async with live.http() as http:
         return await http.request(method, path, json=body, headers=user.headers)
+
+
+def subscribed(reply: Any, request_id: Any) -> dict[str, Any]:
+    """The whole 201 reply to a subscribe, whose data is the log's current offset."""
+    data = reply.get("data") if isinstance(reply, dict) else None
+    offset = data.get("offset") if isinstance(data, dict) else None
+    assert isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0, reply
+    return ok("subscribe_to_hashtag", {"offset": offset}, request_id, 201)
 
 
 async def unsubscribe(client: WsClient, tag: str, request_id: Any) -> None:
@@ -164,7 +179,7 @@ async def test_subscribe_without_request_id_is_the_null_subscription(live: Stack
     tag = unique("tag")
     sub = await live.connect(alice)
     reply = await sub.ask({"action": "subscribe_to_hashtag", "hashtag": tag})
-    assert reply == ok("subscribe_to_hashtag", {}, None, 201)
+    assert reply == subscribed(reply, None)
     # An explicit null names the same subscription: one event, not two.
     await subscribe(sub, tag, None)
     post = await ws_create(await live.connect(alice), f"#{tag}")
@@ -456,7 +471,7 @@ async def test_multiplexed_subscription_gets_wrapped_events(live: Stack) -> None
     tag = unique("tag")
     sub = await live.connect(alice)
     reply = await multiplexed(sub, "subscribe_to_hashtag", tag, 7)
-    assert reply == wrapped(ok("subscribe_to_hashtag", {}, 7, 201))
+    assert reply == wrapped(subscribed(reply.get("payload"), 7))
     writer = await live.connect(bob)
 
     post = await ws_create(writer, f"#{tag}")
@@ -474,7 +489,7 @@ async def test_bare_and_wrapped_with_one_request_id_are_two_subscriptions(live: 
     sub = await live.connect(alice)
     await subscribe(sub, tag, SUB)
     reply = await multiplexed(sub, "subscribe_to_hashtag", tag, SUB)
-    assert reply == wrapped(ok("subscribe_to_hashtag", {}, SUB, 201))
+    assert reply == wrapped(subscribed(reply.get("payload"), SUB))
     writer = await live.connect(bob)
 
     post = await ws_create(writer, f"#{tag}")

@@ -57,7 +57,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from websockets.exceptions import ConnectionClosed
 
 from app.security import issue_token
-from tests.support import TIMEOUT, Stack, User, WsClient, post_json, subscribe, unique
+from tests.support import TIMEOUT, Stack, User, WsClient, event, post_json, subscribe, unique
 
 TOTAL_MESSAGES = int(os.environ.get("LIVEPOST_FUZZ_MESSAGES", "3000"))
 BATCH = 25  # messages per hypothesis example, sent on each of the two fuzzed connections
@@ -68,7 +68,7 @@ KEEP_GOING = os.environ.get("LIVEPOST_FUZZ_KEEP_GOING") == "1"
 MAX_FRAME = 56_000  # below the server's frame limit (64 KiB): size is not what is fuzzed here
 
 REPLY_KEYS = {"errors", "data", "action", "response_status", "request_id"}
-EVENT_KEYS = {"action", "pk", "data", "request_id"}
+EVENT_KEYS = {"action", "pk", "data", "offset", "request_id"}
 ACTIONS = {
     "list": 200,
     "retrieve": 200,
@@ -637,9 +637,10 @@ def _request_expectation(request: dict[str, Any]) -> dict[str, Any]:
 
 def _check_event(event: Any, where: str) -> None:
     assert isinstance(event, dict), where
-    assert EVENT_KEYS <= set(event) <= EVENT_KEYS | {"offset"}, where
+    assert set(event) == EVENT_KEYS, where
     assert event["action"] in {"create", "update", "delete"}, where
     assert isinstance(event["pk"], int), where
+    assert type(event["offset"]) is int and event["offset"] > 0, where
     if event["action"] == "delete":
         assert event["data"] == {"pk": event["pk"]}, where
     else:
@@ -691,6 +692,15 @@ def _check_reply(arena: Arena, frame: Any, message: Message, anonymous: bool, wh
                 post_json(post)
         elif action in POST_ACTIONS:
             post_json(frame["data"])
+        elif action == "subscribe_to_hashtag":
+            # The log's current offset, and whether a resume ("since") was honoured.
+            data = frame["data"]
+            assert isinstance(data, dict), where
+            assert set(data) in ({"offset"}, {"offset", "recovered"}), where
+            assert type(data["offset"]) is int and data["offset"] >= 0, where
+            assert type(data.get("recovered", False)) is bool, where
+        elif action == "unsubscribe_from_hashtag":
+            assert frame["data"] == {}, where
 
 
 async def _answers(
@@ -760,8 +770,8 @@ async def bystander_round(arena: Arena) -> None:
     assert reply["response_status"] == 201, reply
     post = post_json(reply["data"])
     assert post["body"] == body and post["author"] == arena.watcher.id
-    event = await arena.bystander.recv()
-    assert event == {"action": "create", "pk": post["pk"], "data": post, "request_id": "bystander"}
+    received = await arena.bystander.recv()
+    assert received == event("create", post["pk"], post, "bystander")
     listed = await arena.bystander.ask({"action": "list", "body_contains": body, "limit": 1})
     assert listed["response_status"] == 200 and listed["data"] == [post], listed
 

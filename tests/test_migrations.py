@@ -98,7 +98,15 @@ def _schema(connection: Connection) -> dict[str, Any]:
 
 
 EXPECTED_SCHEMA = {
-    "tables": ["alembic_version", "posts", "users"],
+    "tables": [
+        "alembic_version",
+        # The change log (0002): the outbox, its hashtag index and the prune horizons.
+        "change_horizons",
+        "change_tags",
+        "post_changes",
+        "posts",
+        "users",
+    ],
     "posts_pk": ["id"],
     "users_pk": ["id"],
     "posts_indexes": [("ix_posts_author_id_id", ("author_id", "id"), False)],
@@ -124,7 +132,7 @@ async def _assert_head_matches_models(url: str) -> None:
     version = await _with_connection(
         url, lambda conn: conn.execute(text("SELECT version_num FROM alembic_version")).all()
     )
-    assert [tuple(row) for row in version] == [("0001",)]
+    assert [tuple(row) for row in version] == [("0002",)]
 
 
 async def test_upgrade_head_matches_the_models(database_url: str) -> None:
@@ -146,7 +154,12 @@ async def test_downgrade_to_base_then_upgrade_again(database_url: str) -> None:
     # The comparison sees a missing schema, so an empty diff above means something.
     missing = await _with_connection(database_url, _differences)
     assert sorted((diff[0], diff[1].name) for diff in missing) == [
+        ("add_index", "ix_change_tags_change_id"),
+        ("add_index", "ix_post_changes_unpublished"),
         ("add_index", "ix_posts_author_id_id"),
+        ("add_table", "change_horizons"),
+        ("add_table", "change_tags"),
+        ("add_table", "post_changes"),
         ("add_table", "posts"),
         ("add_table", "users"),
     ]

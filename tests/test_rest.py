@@ -577,6 +577,7 @@ async def test_openapi_documents_every_route(live: Stack) -> None:
             "patch": ["200", "401", "404", "422"],
             "delete": ["204", "401", "404", "422"],
         },
+        "/hashtags/{tag}/events": {"get": ["200", "400", "401", "422", "429", "503"]},
         "/healthz": {"get": ["200"]},
         "/readyz": {"get": ["200", "503"]},
     }

@@ -30,7 +30,7 @@ from app.config import Settings
 from app.migrations import upgrade_to_head
 from app.protocol.outgoing import Outgoing
 from tests.raw_websocket import RawWebSocket
-from tests.support import Endpoint, Server, User, WsClient, subscribe, unique
+from tests.support import Endpoint, Server, User, WsClient, event, subscribe, unique
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "slow-client-secret-" + "z" * 32
@@ -170,9 +170,12 @@ async def slow_client(port: int, user: User, tag: str, request_id: str) -> RawWe
     await client.send_json(
         {"action": "subscribe_to_hashtag", "hashtag": tag, "request_id": request_id}
     )
-    assert await client.recv_json() == {
+    reply = await client.recv_json()
+    offset = reply["data"]["offset"]  # the change log's current end
+    assert isinstance(offset, int) and offset >= 0, reply
+    assert reply == {
         "errors": [],
-        "data": {},
+        "data": {"offset": offset},
         "action": "subscribe_to_hashtag",
         "response_status": 201,
         "request_id": request_id,
@@ -217,11 +220,11 @@ async def publish(writer: WsClient, user: User, body: str, count: int) -> list[d
 
 async def receive_events(client: WsClient, count: int) -> list[tuple[dict[str, Any], float]]:
     """The next `count` frames with the second each arrived (epoch time)."""
-    events = []
+    frames = []
     for _ in range(count):
-        event = await client.recv()
-        events.append((event, time.time()))
-    return events
+        frame = await client.recv()
+        frames.append((frame, time.time()))
+    return frames
 
 
 def assert_events(
@@ -229,13 +232,12 @@ def assert_events(
 ) -> list[float]:
     """Every post's create event, in order, whole; returns each event's delivery latency
     (from the post's created_at, stamped by the worker, to its arrival here)."""
-    assert [event for event, _ in received] == [
-        {"action": "create", "pk": post["pk"], "data": post, "request_id": request_id}
-        for post in posts
+    assert [frame for frame, _ in received] == [
+        event("create", post["pk"], post, request_id) for post in posts
     ]
     return [
-        arrived - datetime.fromisoformat(event["data"]["created_at"]).timestamp()
-        for event, arrived in received
+        arrived - datetime.fromisoformat(frame["data"]["created_at"]).timestamp()
+        for frame, arrived in received
     ]
 
 
@@ -244,8 +246,7 @@ def assert_prefix(frames: list[Any], posts: list[dict[str, Any]], request_id: st
     none skipped, and not all of them."""
     assert 0 < len(frames) < len(posts), len(frames)
     assert frames == [
-        {"action": "create", "pk": post["pk"], "data": post, "request_id": request_id}
-        for post in posts[: len(frames)]
+        event("create", post["pk"], post, request_id) for post in posts[: len(frames)]
     ]
 
 
@@ -289,7 +290,8 @@ async def test_clients_that_never_read_are_closed_and_memory_stays_bounded(
         started = time.monotonic()
         receiving = asyncio.create_task(receive_events(normal, FLOOD_EVENTS))
         posts = await publish(writer, user, body, FLOOD_EVENTS)
-        flood_latency = assert_events(await receiving, posts, "normal")
+        flooded = await receiving
+        flood_latency = assert_events(flooded, posts, "normal")
         elapsed = time.monotonic() - started
         # The worker gave up on every slow client (its queue overflowed) while they read
         # nothing: polling the worker's log, a file, for what the worker already did.
@@ -318,7 +320,7 @@ async def test_clients_that_never_read_are_closed_and_memory_stays_bounded(
 
     dropped = sum(FLOOD_EVENTS - count for count in delivered)
     frame = json.dumps(
-        {"action": "create", "pk": posts[0]["pk"], "data": posts[0], "request_id": "slow-0"},
+        {**flooded[0][0], "request_id": "slow-0"},  # as the slow clients' first event
         ensure_ascii=False,
         separators=(",", ":"),
     )

@@ -22,9 +22,11 @@ from tests.support import (
     User,
     WsClient,
     barrier,
+    event,
     fail,
     ok,
     post_json,
+    subscribe,
     unique,
     wrapped,
 )
@@ -440,16 +442,12 @@ async def test_subscribe_forms_name_one_hashtag(live: Stack, form: str) -> None:
     alice, client = await writer(live)
     tag = unique("tag")
     hashtag = form.format(t=tag, T=tag.upper())
-    request = {"action": "subscribe_to_hashtag", "hashtag": hashtag, "request_id": 24}
-    assert await client.ask(request) == ok("subscribe_to_hashtag", {}, 24, 201)
+    offset = await subscribe(client, hashtag, 24)  # asserts the whole 201 reply
     # The subscription is to the lowercase tag: a post with it produces one event.
     post = await create(client, alice, f"about #{tag}")
-    assert await client.recv() == {
-        "action": "create",
-        "pk": post["pk"],
-        "data": post,
-        "request_id": 24,
-    }
+    received = await client.recv()
+    assert received == event("create", post["pk"], post, 24)
+    assert received["offset"] > offset  # committed after the reply: later in the log
     # Unsubscribing with another spelling of the same tag ends it.
     request = {"action": "unsubscribe_from_hashtag", "hashtag": f"#{tag.upper()}", "request_id": 24}
     assert await client.ask(request) == ok("unsubscribe_from_hashtag", {}, 24, 204)
@@ -461,8 +459,7 @@ async def test_subscribe_forms_name_one_hashtag(live: Stack, form: str) -> None:
 async def test_subscribe_reply(live: Stack, hashtag: str) -> None:
     # The literal spellings from PROTOCOL.md; unsubscribed at once, so nothing else arrives.
     _, client = await writer(live)
-    subscribe = {"action": "subscribe_to_hashtag", "hashtag": hashtag, "request_id": 102}
-    assert await client.ask(subscribe) == ok("subscribe_to_hashtag", {}, 102, 201)
+    await subscribe(client, hashtag, 102)  # 201, data {"offset": <the log's current end>}
     unsubscribe = {"action": "unsubscribe_from_hashtag", "hashtag": hashtag, "request_id": 103}
     assert await client.ask(unsubscribe) == ok("unsubscribe_from_hashtag", {}, 103, 204)
 
