@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from app.config import Settings
 
 SQLITE_BEGIN = "sqlite_begin"
-APPLICATION_NAME = "livepost"  # alembic/versions/0002_change_log.py matches it
+APPLICATION_NAME = "livepost"
 
 
 def make_engine(settings: Settings) -> AsyncEngine:
@@ -32,8 +32,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
         connect_args={
             "timeout": settings.db_timeout,
             "command_timeout": settings.db_timeout,
-            # The change-log trigger tells the service's writes (published right after
-            # commit) from anyone else's (relayed at once) by this name.
+            # So operators can tell livepost's sessions apart in pg_stat_activity.
             "server_settings": {"application_name": APPLICATION_NAME},
         },
     )

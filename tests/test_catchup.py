@@ -57,15 +57,15 @@ async def test_redis_broker_resyncs_once_resubscribed(redis_server: RedisServer)
 
 def _lost_write_sql(live: Stack, tag: str, pk: int, body: str) -> str:
     """A committed change whose publish never happened: what the service does in its
-    transaction (the change row by trigger, its tag by the service), then nothing."""
-    write = (
-        f"UPDATE posts SET body = '{body}' WHERE id = {pk}; "
-        f"INSERT INTO change_tags (change_id, tag) SELECT max(id), '{tag}' FROM post_changes;"
-    )
+    transaction (app/changelog/record.py), then nothing."""
+    update = f"UPDATE posts SET body = '{body}' WHERE id = {pk};"
     if live.name.startswith("sqlite"):
-        return write
-    # The service's own connection name: the relay waits its grace before stepping in.
-    return f"SET application_name = 'livepost'; {write}"
+        return (
+            f"{update} INSERT INTO change_tags (change_id, tag) "
+            f"SELECT max(id), '{tag}' FROM post_changes;"
+        )
+    # One implicit transaction: the announcement holds for the UPDATE.
+    return f"SELECT set_config('livepost.tags', 'tags:{tag}', true); {update}"
 
 
 async def test_catch_up_delivers_what_the_hub_missed(live: Stack) -> None:

@@ -23,24 +23,14 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 # order (a reader that has seen offset N has seen everything committed before it).
 ADVISORY_KEY = 0x6C697665  # "live"
 
-# The service's own connections say application_name=livepost (app/db.py); their changes are
-# published right after commit, so the relay leaves them to that fast path unless it fails.
+# The service announces each write with the setting livepost.tags ("tags:" and the hashtags
+# of old and new body, app/changelog/record.py): the trigger files the change under them at
+# once, and knows the service publishes it right after commit. A write without it (psql, a
+# script) is external: the relay derives its hashtags and publishes it at once.
+#
+# BEFORE triggers, so the statement's RETURNING can read the change's offset (currval) and
+# the service needs no further round trip while holding the log's lock.
 POSTGRESQL_TRIGGERS = [
-    """
-CREATE FUNCTION livepost_post_version() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    -- A body changed by plain SQL still gets a new version, so clients see a new state.
-    IF NEW.version <= OLD.version THEN
-        NEW.version := OLD.version + 1;
-    END IF;
-    RETURN NEW;
-END $$
-""",
-    """
-CREATE TRIGGER posts_version BEFORE UPDATE OF body ON posts
-    FOR EACH ROW WHEN (OLD.body IS DISTINCT FROM NEW.body)
-    EXECUTE FUNCTION livepost_post_version()
-""",
     f"""
 CREATE FUNCTION livepost_post_change() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -49,11 +39,20 @@ DECLARE
     ver integer;
     old_text text;
     new_text text;
+    announced text := current_setting('livepost.tags', true);
+    tags text[];
+    logged bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock({ADVISORY_KEY});
+    IF TG_OP = 'UPDATE' AND NEW.body IS NOT DISTINCT FROM OLD.body THEN
+        RETURN NEW;  -- no change, no record
+    END IF;
     IF TG_OP = 'INSERT' THEN
         rec := NEW; act := 'create'; ver := NEW.version; old_text := NULL; new_text := NEW.body;
     ELSIF TG_OP = 'UPDATE' THEN
+        -- A body changed by plain SQL still gets a new version, so clients see a new state.
+        IF NEW.version <= OLD.version THEN
+            NEW.version := OLD.version + 1;
+        END IF;
         rec := NEW; act := 'update'; ver := NEW.version; old_text := OLD.body;
         new_text := NEW.body;
     ELSE
@@ -61,27 +60,32 @@ BEGIN
         rec := OLD; act := 'delete'; ver := OLD.version + 1; old_text := OLD.body;
         new_text := NULL;
     END IF;
+    IF announced LIKE 'tags:%' THEN
+        tags := array_remove(string_to_array(substr(announced, 6), ' '), '');
+        -- One announcement, one write: anything else in this transaction is external.
+        PERFORM set_config('livepost.tags', '', true);
+    END IF;
+    PERFORM pg_advisory_xact_lock({ADVISORY_KEY});
     INSERT INTO post_changes (post_id, action, version, author_id, created_at, old_body,
                               new_body, changed_at, published, external)
     VALUES (rec.id, act, ver, rec.author_id, rec.created_at, old_text, new_text,
             extract(epoch FROM clock_timestamp()),
-            -- no '#' at all: no hashtag, nobody to tell
-            position('#' IN coalesce(old_text, '') || coalesce(new_text, '')) = 0,
-            current_setting('application_name', true) IS DISTINCT FROM 'livepost');
-    RETURN NULL;
+            -- nobody to tell: the service found no hashtag, or there is no '#' at all
+            coalesce(cardinality(tags) = 0, false)
+                OR position('#' IN coalesce(old_text, '') || coalesce(new_text, '')) = 0,
+            tags IS NULL)
+    RETURNING id INTO logged;
+    IF cardinality(tags) > 0 THEN
+        INSERT INTO change_tags (tag, change_id) SELECT t, logged FROM unnest(tags) AS t;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
 END $$
 """,
     """
-CREATE TRIGGER posts_change_insert AFTER INSERT ON posts
-    FOR EACH ROW EXECUTE FUNCTION livepost_post_change()
-""",
-    """
-CREATE TRIGGER posts_change_update AFTER UPDATE OF body ON posts
-    FOR EACH ROW WHEN (OLD.body IS DISTINCT FROM NEW.body)
-    EXECUTE FUNCTION livepost_post_change()
-""",
-    """
-CREATE TRIGGER posts_change_delete AFTER DELETE ON posts
+CREATE TRIGGER posts_change BEFORE INSERT OR UPDATE OF body OR DELETE ON posts
     FOR EACH ROW EXECUTE FUNCTION livepost_post_change()
 """,
 ]
@@ -169,15 +173,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name in ("posts_change_insert", "posts_change_update", "posts_change_delete"):
-        if op.get_bind().dialect.name == "postgresql":
-            op.execute(f"DROP TRIGGER IF EXISTS {name} ON posts")
-        else:
-            op.execute(f"DROP TRIGGER IF EXISTS {name}")
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER IF EXISTS posts_version ON posts")
+        op.execute("DROP TRIGGER IF EXISTS posts_change ON posts")
         op.execute("DROP FUNCTION IF EXISTS livepost_post_change()")
-        op.execute("DROP FUNCTION IF EXISTS livepost_post_version()")
+    else:
+        for name in ("posts_change_insert", "posts_change_update", "posts_change_delete"):
+            op.execute(f"DROP TRIGGER IF EXISTS {name}")
     op.drop_table("change_horizons")
     op.drop_index("ix_change_tags_change_id", table_name="change_tags")
     op.drop_table("change_tags")

@@ -1,8 +1,9 @@
-"""Inside a write's transaction: find the change the trigger just logged and index its tags.
+"""Change records: filing one under its hashtags (SQLite), and reading one as a Change.
 
-The trigger (alembic/versions/0002_change_log.py) writes the change row itself, so plain SQL
-is logged too; the service adds the hashtags it already knows, in the same transaction, so a
-resuming reader finds the change under its tags as soon as it is committed.
+The triggers (alembic/versions/0002_change_log.py) write the change row themselves, so plain
+SQL is logged too. The service knows the hashtags already and files the change under them in
+the same transaction, so a resuming reader finds it as soon as it is committed (on
+PostgreSQL the trigger does the filing: app/posts/statements.py).
 """
 
 from __future__ import annotations

@@ -14,15 +14,14 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import Row, func, insert, select, update
-from sqlalchemy import delete as sql_delete
+from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.changelog.record import tag_latest_change
 from app.db import begin_write
 from app.models import Post, utcnow
 from app.posts.hashtags import extract_hashtags
 from app.posts.public import PostData, post_data
+from app.posts.statements import COLUMNS, WriteStatements
 from app.posts.validation import clean_body, is_storable
 from app.pubsub.broker import Broker
 from app.pubsub.change import Change
@@ -31,7 +30,6 @@ from app.pubsub.channels import channel_for
 log = logging.getLogger(__name__)
 
 posts = Post.__table__  # type: ignore[attr-defined]
-_COLUMNS = (posts.c.id, posts.c.author_id, posts.c.body, posts.c.created_at, posts.c.version)
 
 T = TypeVar("T")
 UNCHANGED: Any = object()  # a patch without body
@@ -59,6 +57,7 @@ class PostService:
         # Fault injection for tests: die between commit and publish on a body holding this.
         self._kill_marker = kill_before_publish
         self._sqlite = engine.dialect.name == "sqlite"
+        self._statements = WriteStatements(engine.dialect.name)
         self._writes: set[asyncio.Task[Any]] = set()
 
     async def _shielded(self, write: Coroutine[Any, Any, T]) -> T:
@@ -85,7 +84,7 @@ class PostService:
         """Newest first, at most `limit`, pks below `before`, body matching case-insensitively."""
         if body_contains and not is_storable(body_contains):
             return []  # no stored body holds NUL or a lone surrogate (neither database can)
-        query = select(*_COLUMNS).order_by(posts.c.id.desc()).limit(limit)
+        query = select(*COLUMNS).order_by(posts.c.id.desc()).limit(limit)
         if before is not None:
             query = query.where(posts.c.id < before)
         if body_contains:
@@ -102,7 +101,7 @@ class PostService:
 
     async def get(self, pk: int) -> PostData:
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(*_COLUMNS).where(posts.c.id == pk))).first()
+            row = (await conn.execute(select(*COLUMNS).where(posts.c.id == pk))).first()
         if row is None:
             raise PostNotFound(pk)
         return _post_data(row)
@@ -122,18 +121,8 @@ class PostService:
     async def _create(self, author_id: int, body: object) -> PostData:
         text = clean_body(body)
         tags = extract_hashtags(text)
-        now = utcnow()
         async with self._engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    insert(posts)
-                    .values(
-                        author_id=author_id, body=text, created_at=now, updated_at=now, version=1
-                    )
-                    .returning(*_COLUMNS)
-                )
-            ).one()
-            offset = await tag_latest_change(conn, tags) if tags else 0
+            row, offset = await self._statements.insert(conn, author_id, text, utcnow(), tags)
         post = _post_data(row)
         await self._publish(offset, post["pk"], 1, post, frozenset(), tags)
         return post
@@ -148,17 +137,10 @@ class PostService:
                 text = old.body if body is UNCHANGED else clean_body(body)
                 if text == old.body:
                     return _post_data(old)  # a write that changes nothing is no change
-                row = (
-                    await conn.execute(
-                        update(posts)
-                        .where(posts.c.id == pk)
-                        .values(body=text, version=old.version + 1, updated_at=utcnow())
-                        .returning(*_COLUMNS)
-                    )
-                ).one()
                 old_tags, new_tags = extract_hashtags(old.body), extract_hashtags(text)
-                tags = old_tags | new_tags
-                offset = await tag_latest_change(conn, tags) if tags else 0
+                row, offset = await self._statements.update(
+                    conn, pk, text, old.version + 1, utcnow(), old_tags | new_tags
+                )
         post = _post_data(row)
         await self._publish(offset, pk, post["version"], post, old_tags, new_tags)
         return post
@@ -168,15 +150,14 @@ class PostService:
             await begin_write(conn)
             async with conn.begin():
                 old = await self._owned_row(conn, author_id, pk)
-                await conn.execute(sql_delete(posts).where(posts.c.id == pk))
                 tags = extract_hashtags(old.body)
-                offset = await tag_latest_change(conn, tags) if tags else 0
+                offset = await self._statements.delete(conn, pk, tags)
         # A delete is the post's last version: one past its final state.
         await self._publish(offset, pk, old.version + 1, {"pk": pk}, tags, frozenset())
 
     async def _owned_row(self, conn: Any, author_id: int, pk: int) -> Row[Any, Any, Any, Any, Any]:
         row = (
-            await conn.execute(select(*_COLUMNS).where(posts.c.id == pk).with_for_update())
+            await conn.execute(select(*COLUMNS).where(posts.c.id == pk).with_for_update())
         ).first()
         if row is None or row.author_id != author_id:
             raise PostNotFound(pk)
@@ -216,5 +197,5 @@ class PostService:
         self._on_published(offset)
 
 
-def _post_data(row: Row[Any, Any, Any, Any, Any]) -> PostData:
+def _post_data(row: Any) -> PostData:
     return post_data(row.id, row.author_id, row.body, row.created_at, row.version)
