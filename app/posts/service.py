@@ -121,8 +121,7 @@ class PostService:
     async def _create(self, author_id: int, body: object) -> PostData:
         text = clean_body(body)
         tags = extract_hashtags(text)
-        async with self._engine.begin() as conn:
-            row, offset = await self._statements.insert(conn, author_id, text, utcnow(), tags)
+        row, offset = await self._statements.insert(self._engine, author_id, text, utcnow(), tags)
         post = _post_data(row)
         await self._publish(offset, post["pk"], 1, post, frozenset(), tags)
         return post

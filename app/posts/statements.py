@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Row, insert, text, update
 from sqlalchemy import delete as sql_delete
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.changelog.record import tag_latest_change
 from app.models import Post
@@ -56,18 +56,23 @@ class WriteStatements:
         self._postgresql = dialect == "postgresql"
 
     async def insert(
-        self, conn: AsyncConnection, author_id: int, body: str, now: datetime, tags: frozenset[str]
+        self, engine: AsyncEngine, author_id: int, body: str, now: datetime, tags: frozenset[str]
     ) -> Written:
         if self._postgresql:
             values = {"author_id": author_id, "body": body, "now": now, "announce": _announce(tags)}
-            return self._written(await conn.execute(_PG_INSERT, values))
+            # One statement, its own transaction: the server commits it at once, so the change
+            # log's lock is not held across a round trip to the client for COMMIT.
+            async with engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                return self._written(await conn.execute(_PG_INSERT, values))
         statement = (
             insert(posts)
             .values(author_id=author_id, body=body, created_at=now, updated_at=now, version=1)
             .returning(*COLUMNS)
         )
-        row = (await conn.execute(statement)).one()
-        return row, await self._file(conn, tags)
+        async with engine.begin() as conn:
+            row = (await conn.execute(statement)).one()
+            return row, await self._file(conn, tags)
 
     async def update(
         self,
