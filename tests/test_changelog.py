@@ -366,3 +366,56 @@ async def log_rows_at(runtime: Any, pk: int) -> list[Any]:
             text("SELECT id FROM post_changes WHERE post_id = :pk ORDER BY id"), {"pk": pk}
         )
         return list(result.all())
+
+
+async def test_resuming_again_and_again_while_writes_go_on_loses_nothing(live: Stack) -> None:
+    """A client that keeps dropping its connection mid-stream and resuming from the last offset
+    it saw gets every change of the hashtag exactly once, in order, while another client
+    writes the whole time (the live/backlog merge under real concurrency)."""
+    user = await live.user()
+    tag = unique("storm")
+    writer = await live.connect(user)
+    start = await subscribe(await live.connect(user), unique("probe"), "p")
+
+    async def write_all() -> None:
+        for i in range(150):
+            await create(writer, f"#{tag} {i}")
+
+    writing = asyncio.create_task(write_all())
+    received: list[int] = []
+    since, resumes = start, 0
+    while not writing.done() or resumes == 0:
+        client = await live.connect(user)
+        assert (await resume(client, tag, since, f"r{resumes}"))["recovered"] is True
+        resumes += 1
+        for _ in range(10):  # a few events, then the connection drops mid-stream
+            try:
+                frame = await client.recv(timeout=0.5)
+            except TimeoutError:
+                break
+            assert frame["request_id"] == f"r{resumes - 1}"
+            received.append(frame["offset"])
+            since = frame["offset"]
+        await client.close()
+    await writing
+    last = await live.connect(user)
+    assert (await resume(last, tag, since, "last"))["recovered"] is True
+    expected = await tag_offsets(live, tag)
+    while len(received) < len(expected):
+        received.append((await next_event(last))["offset"])
+    assert received == expected and len(expected) == 150, (resumes, received[:5])
+    assert resumes > 3  # it really dropped and resumed mid-stream, several times
+    await barrier(live, user, last)
+
+
+async def tag_offsets(stack: Stack, tag: str) -> list[int]:
+    engine = create_async_engine(stack.settings.database_url)
+    try:
+        async with engine.connect() as conn:
+            result = await conn.execute(
+                text("SELECT change_id FROM change_tags WHERE tag = :tag ORDER BY change_id"),
+                {"tag": tag},
+            )
+            return [row.change_id for row in result]
+    finally:
+        await engine.dispose()
