@@ -57,7 +57,9 @@ class Settings(BaseSettings):
     db_timeout: float = 5.0
     log_level: str = "info"
     # The change log (README: "Delivery guarantees").
-    relay_interval_seconds: float = 0.25  # how often each worker's relay looks for work
+    # How often each worker's relay looks for work; on PostgreSQL, NOTIFY wakes it at once
+    # for changes made outside the service.
+    relay_interval_seconds: float = 1.0
     # A change still unpublished this long after its commit lost its fast-path publish.
     relay_grace_seconds: float = 2.0
     relay_lease_seconds: float = 10.0  # a relay's claim on a batch, then another may take it

@@ -15,8 +15,13 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.config import Settings
+from app.migrations import upgrade_to_head
+from tests.cluster_support import admin_sql, require_services
+from tests.conftest import GENEROUS_LIMITS, SECRET
 from tests.support import (
     Endpoint,
+    Server,
     Stack,
     WsClient,
     barrier,
@@ -419,3 +424,39 @@ async def tag_offsets(stack: Stack, tag: str) -> list[int]:
             return [row.change_id for row in result]
     finally:
         await engine.dispose()
+
+
+async def test_plain_sql_on_postgresql_wakes_the_relay_at_once() -> None:
+    """NOTIFY from the trigger, not the relay's round: with rounds a minute apart, a psql
+    UPDATE still reaches the subscriber within seconds."""
+    pg_url, _redis = require_services()
+    name = unique("lp_notify_")
+    await admin_sql(pg_url, f'CREATE DATABASE "{name}"')
+    url = make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        await asyncio.to_thread(upgrade_to_head, url)
+        settings = Settings(
+            database_url=url, jwt_secret=SECRET, relay_interval_seconds=60.0, **GENEROUS_LIMITS
+        )
+        server = Server(settings)
+        await server.start()
+        try:
+            stack = Stack("postgres+memory", server.app.state.runtime.settings, server)
+            user = await stack.user()
+            client = await stack.connect(user)
+            tag = unique("notify")
+            await subscribe(client, tag, "s")
+            post = await create(client, f"#{tag} before")
+            await next_event(client)
+            # Let the relay's first round (at start) pass, so only NOTIFY can wake it.
+            await asyncio.sleep(0.5)
+            await database_client(
+                stack, f"UPDATE posts SET body = '#{tag} psql' WHERE id = {post['pk']}"
+            )
+            updated = await client.recv(timeout=5)
+            assert (updated["action"], updated["data"]["body"]) == ("update", f"#{tag} psql")
+            await stack.close_clients()
+        finally:
+            await server.stop()
+    finally:
+        await admin_sql(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -77,6 +77,9 @@ BEGIN
     RETURNING id INTO logged;
     IF cardinality(tags) > 0 THEN
         INSERT INTO change_tags (tag, change_id) SELECT t, logged FROM unnest(tags) AS t;
+    ELSIF tags IS NULL THEN
+        -- Wakes the relays (at commit): nobody else will publish this change.
+        PERFORM pg_notify('livepost_changes', '');
     END IF;
     IF TG_OP = 'DELETE' THEN
         RETURN OLD;

@@ -12,6 +12,7 @@ hubs drop the second copy by its version.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.changelog.reader import ALL_TAGS, horizons
 from app.changelog.record import change_from_row, change_tags, changes
+from app.changelog.wakeup import Doorbell
 from app.config import Settings
 from app.db import begin_write
 from app.pubsub.broker import Broker
@@ -51,16 +53,28 @@ class Relay:
         self._postgresql = engine.dialect.name == "postgresql"
         self._marks: list[int] = []
         self._task: asyncio.Task[None] | None = None
+        # Rung by PostgreSQL's NOTIFY for changes made outside the service.
+        self._ring = asyncio.Event()
+        self._doorbell = Doorbell(settings.database_url, self._ring) if self._postgresql else None
         self.relayed = 0  # changes this relay published (for operators and tests)
 
     def published(self, offset: int) -> None:
         """The fast path published this change; it is marked in the next batch."""
         self._marks.append(offset)
 
+    @property
+    def listening(self) -> bool:
+        """True while PostgreSQL's NOTIFY can wake this relay."""
+        return self._doorbell is not None and self._doorbell.listening
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._doorbell is not None:
+            self._doorbell.start()
 
     async def stop(self) -> None:
+        if self._doorbell is not None:
+            await self._doorbell.stop()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -89,7 +103,10 @@ class Relay:
                 if not failing:
                     log.warning("change relay round failed, retrying: %r", error)
                     failing = True
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._ring.wait()
+            self._ring.clear()
 
     async def flush_marks(self) -> None:
         marks, self._marks = self._marks, []
