@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db import begin_write
 from app.models import Post, utcnow
 from app.posts.hashtags import extract_hashtags
-from app.posts.public import PostData, post_data
+from app.posts.public import PostData, post_data, post_list
 from app.posts.statements import COLUMNS, WriteStatements
 from app.posts.validation import clean_body, is_storable
 from app.pubsub.broker import Broker
@@ -97,7 +97,7 @@ class PostService:
                 query = query.where(posts.c.body.icontains(body_contains, autoescape=True))
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [_post_data(row) for row in rows]
+        return post_list(rows)
 
     async def get(self, pk: int) -> PostData:
         async with self._engine.connect() as conn:
