@@ -13,13 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 from redis.asyncio import Redis
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from app.cli.cluster import ROOT, Cluster, free_port
 from app.migrations import upgrade_to_head
 from app.pubsub.channels import channel_for
 from tests.cluster_support import running_cluster
-from tests.support import TIMEOUT, Endpoint, barrier, subscribe, unique
+from tests.support import TIMEOUT, Endpoint, barrier, sqlite_server, subscribe, unique
 
 
 @pytest.fixture
@@ -75,6 +75,18 @@ async def test_single_worker_closes_sockets_with_1001(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+async def test_a_stopping_worker_refuses_new_sockets_with_503(tmp_path: Path) -> None:
+    """A 503, which clients and balancers retry elsewhere, not the 403 of a refused token."""
+    async with sqlite_server(tmp_path) as server:
+        endpoint = Endpoint(f"http://127.0.0.1:{server.port}")
+        user = await endpoint.user()
+        server.runtime.admission.closing = True  # what SIGTERM's first step sets
+        with pytest.raises(InvalidStatus) as refused:
+            await endpoint.connect(user)
+        assert refused.value.response.status_code == 503
+        assert b"stopping" in refused.value.response.body
 
 
 async def test_every_committed_write_is_published_when_a_worker_stops(

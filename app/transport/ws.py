@@ -87,8 +87,17 @@ class LivePostsEndpoint:
         ticket = runtime.admission.admit(
             ip, identity.user_id if identity else None, lambda: connection.close(CLOSE_GOING_AWAY)
         )
-        if ticket is None:  # too many connections from this address or user, or stopping
-            await _refuse(WebSocket(scope, receive, send), "connection limit")
+        if ticket is None:
+            websocket = WebSocket(scope, receive, send)
+            if runtime.admission.closing:
+                # Stopping: not the client's fault, and another worker (or this one after its
+                # restart) will take it, so a 503 its retry logic understands, not a 403.
+                access_log.info("websocket refused: worker stopping")
+                await websocket.send_denial_response(
+                    JSONResponse({"detail": "Server is stopping, try again."}, 503)
+                )
+                return
+            await _refuse(websocket, "connection limit")  # too many from this address or user
             return
         started = time.perf_counter()
         try:
