@@ -152,3 +152,16 @@ async def test_keep_alive_comments_and_release_on_disconnect(tmp_path: Path) -> 
         async with asyncio.timeout(TIMEOUT):
             while tag in server.runtime.hub.local_tags:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
+
+
+async def test_a_stopping_worker_refuses_streams_with_503(tmp_path: Path) -> None:
+    async with sqlite_server(tmp_path) as server:
+        endpoint = Endpoint(f"http://127.0.0.1:{server.port}")
+        user = await endpoint.user()
+        server.runtime.admission.closing = True  # what SIGTERM's first step sets
+        async with endpoint.http() as http:
+            refused = await http.get(f"/hashtags/{unique('x')}/events", headers=user.headers)
+        assert (refused.status_code, refused.json()) == (
+            503,
+            {"detail": "Server is stopping, try again."},
+        )

@@ -147,7 +147,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Not a hashtag, or a Last-Event-ID that is no offset."},
     401: {"description": "Missing or invalid token (header or ?token=)."},
     429: {"description": "Too many connections from this address or user."},
-    503: {"description": "The database or the broker is unavailable."},
+    503: {"description": "The database or the broker is unavailable, or the worker is stopping."},
 }
 
 
@@ -190,6 +190,10 @@ async def hashtag_events(
     outgoing = Outgoing(runtime.settings.ws_queue_size, lambda: None)
     ticket = runtime.admission.admit(ip, identity.user_id, outgoing.close)
     if ticket is None:
+        if runtime.admission.closing:
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, "Server is stopping, try again."
+            )
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "Too many connections.")
     subscription = SseSubscription(outgoing.put_event)
     try:
