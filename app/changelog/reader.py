@@ -39,6 +39,10 @@ class ChangeLog:
 
     async def read(self, tag: str, since: int | None) -> Backlog:
         """The current offset and, when since is given, tag's changes after it, in order."""
+        if since is None:  # a plain subscribe: one query, no snapshot to hold
+            async with self._engine.connect() as conn:
+                current, _pruned = await self._end(conn)
+            return Backlog(current, recovered=True)
         async with self._engine.connect() as conn:
             if self._postgresql:
                 # One snapshot for the horizon and the rows, so a prune in between cannot
@@ -47,21 +51,21 @@ class ChangeLog:
             async with conn.begin():
                 return await self._read(conn, tag, since)
 
-    async def _read(self, conn: AsyncConnection, tag: str, since: int | None) -> Backlog:
-        pruned: dict[str, int] = dict(
-            (
-                await conn.execute(
-                    select(horizons.c.tag, horizons.c.pruned_upto).where(
-                        horizons.c.tag.in_((ALL_TAGS, tag))
-                    )
-                )
-            ).all()
+    @staticmethod
+    async def _end(conn: AsyncConnection) -> tuple[int, int]:
+        """The log's current end, and up to where pruning by age reached."""
+        pruned_upto = (
+            select(horizons.c.pruned_upto).where(horizons.c.tag == ALL_TAGS).scalar_subquery()
         )
-        newest = (await conn.execute(select(func.max(changes.c.id)))).scalar() or 0
-        current = max(newest, pruned.get(ALL_TAGS, 0))
-        if since is None:
-            return Backlog(current, recovered=True)
-        if since > current or since < max(pruned.values(), default=0):
+        newest, pruned = (await conn.execute(select(func.max(changes.c.id), pruned_upto))).one()
+        return max(newest or 0, pruned or 0), pruned or 0
+
+    async def _read(self, conn: AsyncConnection, tag: str, since: int) -> Backlog:
+        current, pruned = await self._end(conn)
+        tag_pruned = (
+            await conn.execute(select(horizons.c.pruned_upto).where(horizons.c.tag == tag))
+        ).scalar() or 0
+        if since > current or since < max(pruned, tag_pruned):
             return Backlog(current, recovered=False)
         rows = (
             await conn.execute(

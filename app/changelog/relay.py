@@ -122,12 +122,7 @@ class Relay:
             raise
 
     async def _mark_published(self, conn: AsyncConnection, offsets: list[int]) -> None:
-        await conn.execute(
-            update(changes)
-            .where(changes.c.id.in_(bindparam("ids", expanding=True)))
-            .values(published=True),
-            {"ids": offsets},
-        )
+        await _set(conn, offsets, published=True)
 
     async def relay_once(self) -> int:
         """Publish one batch of due changes; returns how many were due."""
@@ -161,12 +156,7 @@ class Relay:
                 pairs = [{"tag": t, "change_id": c.offset} for c in batch for t in c.tags]
                 if pairs:
                     await conn.execute(self._insert_ignore(change_tags), pairs)
-                await conn.execute(
-                    update(changes)
-                    .where(changes.c.id.in_(bindparam("ids", expanding=True)))
-                    .values(relay_after=now + self._lease),
-                    {"ids": [c.offset for c in batch]},
-                )
+                await _set(conn, [c.offset for c in batch], relay_after=now + self._lease)
         done: list[int] = []
         try:
             for change in batch:
@@ -183,12 +173,7 @@ class Relay:
                     if done:
                         await self._mark_published(conn, done)
                     if rest:
-                        await conn.execute(
-                            update(changes)
-                            .where(changes.c.id.in_(bindparam("ids", expanding=True)))
-                            .values(relay_after=None),
-                            {"ids": rest},
-                        )
+                        await _set(conn, rest, relay_after=None)
         log.info("relayed %d logged changes up to offset %d", len(done), done[-1])
         return len(rows)
 
@@ -274,3 +259,11 @@ class Relay:
                 },
             )
         )
+
+
+async def _set(conn: AsyncConnection, offsets: list[int], **values: Any) -> None:
+    """Set columns of the changes at these offsets."""
+    await conn.execute(
+        update(changes).where(changes.c.id.in_(bindparam("ids", expanding=True))).values(**values),
+        {"ids": offsets},
+    )
