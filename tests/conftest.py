@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.cli.cluster import Cluster
 from app.config import Settings
 from app.migrations import upgrade_to_head
+from tests.cluster_support import RedisServer, require_services
 from tests.support import Endpoint, Server, Stack, unique
 
 PG_URL = os.environ.get("LIVEPOST_TEST_DATABASE_URL")
@@ -124,3 +125,13 @@ async def workers(cluster: Cluster) -> AsyncIterator[list[Endpoint]]:
     yield endpoints
     for endpoint in endpoints:
         await endpoint.close_clients()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for the module, which its tests may stop and restart."""
+    require_services()
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()

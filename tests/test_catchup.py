@@ -4,24 +4,13 @@ subscriptions are confirmed again, without giving a subscription anything from b
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
-import pytest
 from redis.asyncio import Redis
 
 from app.pubsub.redis import RedisBroker
-from tests.cluster_support import RedisServer, require_services
+from tests.cluster_support import RedisServer
 from tests.support import Stack, barrier, event, subscribe, unique
 from tests.test_changelog import create, database_client, log_rows, next_event
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    require_services()
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_redis_broker_resyncs_once_resubscribed(redis_server: RedisServer) -> None:

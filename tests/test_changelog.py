@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.config import Settings
 from app.migrations import upgrade_to_head
+from app.runtime import Runtime
 from tests.cluster_support import admin_sql, require_services
 from tests.conftest import GENEROUS_LIMITS, SECRET
 from tests.support import (
@@ -98,20 +99,23 @@ async def database_client(stack: Stack, sql: str) -> str:
     return out.decode().strip()
 
 
-async def log_rows(stack: Stack, pk: int) -> list[Any]:
-    engine = create_async_engine(stack.settings.database_url)
+async def query(database_url: str, sql: str, **params: Any) -> list[Any]:
+    """Rows of one statement, read on a connection of the test's own."""
+    engine = create_async_engine(database_url)
     try:
         async with engine.connect() as conn:
-            result = await conn.execute(
-                text(
-                    "SELECT id, action, version, published FROM post_changes "
-                    "WHERE post_id = :pk ORDER BY id"
-                ),
-                {"pk": pk},
-            )
-            return list(result.all())
+            return list((await conn.execute(text(sql), params)).all())
     finally:
         await engine.dispose()
+
+
+async def log_rows(deployment: Stack | Runtime, pk: int) -> list[Any]:
+    """The post's change records, oldest first, in a stack's or a server's database."""
+    return await query(
+        deployment.settings.database_url,
+        "SELECT id, action, version, published FROM post_changes WHERE post_id = :pk ORDER BY id",
+        pk=pk,
+    )
 
 
 # ---- offsets -------------------------------------------------------------------------------
@@ -341,7 +345,7 @@ async def test_pruned_per_hashtag_backlog_is_not_recovered(tmp_path: Path) -> No
         await server.runtime.relay.prune()
         # Only the newest two changes of the tag are kept: from before them, reload.
         assert (await resume(client, tag, start, "a"))["recovered"] is False
-        third = (await log_rows_at(server.runtime, posts[1]["pk"]))[0].id
+        third = (await log_rows(server.runtime, posts[1]["pk"]))[0].id
         data = await resume(client, tag, third, "b")
         assert data["recovered"] is True
         replayed = [await next_event(client) for _ in range(2)]
@@ -363,14 +367,6 @@ async def test_pruned_by_age_backlog_is_not_recovered(tmp_path: Path) -> None:
         # The log's end survives pruning: resuming from there still works.
         assert (await resume(client, tag, data["offset"], "b"))["recovered"] is True
         await endpoint.close_clients()
-
-
-async def log_rows_at(runtime: Any, pk: int) -> list[Any]:
-    async with runtime.engine.connect() as conn:
-        result = await conn.execute(
-            text("SELECT id FROM post_changes WHERE post_id = :pk ORDER BY id"), {"pk": pk}
-        )
-        return list(result.all())
 
 
 async def test_resuming_again_and_again_while_writes_go_on_loses_nothing(live: Stack) -> None:
@@ -414,16 +410,9 @@ async def test_resuming_again_and_again_while_writes_go_on_loses_nothing(live: S
 
 
 async def tag_offsets(stack: Stack, tag: str) -> list[int]:
-    engine = create_async_engine(stack.settings.database_url)
-    try:
-        async with engine.connect() as conn:
-            result = await conn.execute(
-                text("SELECT change_id FROM change_tags WHERE tag = :tag ORDER BY change_id"),
-                {"tag": tag},
-            )
-            return [row.change_id for row in result]
-    finally:
-        await engine.dispose()
+    """Offsets of the changes filed under tag, in order."""
+    sql = "SELECT change_id FROM change_tags WHERE tag = :tag ORDER BY change_id"
+    return [row.change_id for row in await query(stack.settings.database_url, sql, tag=tag)]
 
 
 async def test_plain_sql_on_postgresql_wakes_the_relay_at_once() -> None:

@@ -24,6 +24,7 @@ from tests.support import (
     subscribe,
     unique,
 )
+from tests.test_migrations import EXPECTED_SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOSED_SERVER = "http://127.0.0.1:9"
@@ -355,15 +356,7 @@ async def test_migrate_creates_the_tables(tmp_path: Path) -> None:
             tables = await conn.run_sync(lambda sync: sorted(inspect(sync).get_table_names()))
     finally:
         await engine.dispose()
-    # With the change log (migration 0002): the outbox, its hashtag index and its horizons.
-    assert tables == [
-        "alembic_version",
-        "change_horizons",
-        "change_tags",
-        "post_changes",
-        "posts",
-        "users",
-    ]
+    assert tables == EXPECTED_SCHEMA["tables"]
 
 
 @pytest.mark.parametrize("args", [(), ("user",), ("post",)])

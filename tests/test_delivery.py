@@ -14,15 +14,15 @@ import asyncio
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
 from app.cli.cluster import Cluster
-from tests.cluster_support import RedisServer, require_services, running_cluster
-from tests.support import Endpoint, User, WsClient, barrier, event, subscribe, unique
-from tests.test_sse import stream
+from tests.cluster_support import RedisServer, running_cluster
+from tests.support import Endpoint, barrier, event, subscribe, unique
+from tests.test_changelog import create, resume
+from tests.test_sse import rest_create, stream
 
 KILL_MARKER = "kill-me-after-commit"
 PER_TAG = 3  # changes kept per hashtag, so "not retained" is quick to reach
@@ -36,39 +36,9 @@ RELAY_WAIT = 15.0
 
 
 @pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    require_services()
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def cluster(redis_server: RedisServer) -> Iterator[Cluster]:
     with running_cluster(2, redis_server.url, nginx=True, settings=SETTINGS) as deployment:
         yield deployment
-
-
-async def create(client: WsClient, body: str) -> dict[str, Any]:
-    reply = await client.ask({"action": "create", "data": {"body": body}, "request_id": "w"})
-    assert reply["response_status"] == 201, reply
-    return dict(reply["data"])
-
-
-async def rest_create(endpoint: Endpoint, user: User, body: str) -> dict[str, Any]:
-    async with endpoint.http() as http:
-        response = await http.post("/posts", json={"body": body}, headers=user.headers)
-        assert response.status_code == 201, response.text
-        return dict(response.json())
-
-
-async def resume(client: WsClient, tag: str, since: int, request_id: Any) -> dict[str, Any]:
-    reply = await client.ask(
-        {"action": "subscribe_to_hashtag", "hashtag": tag, "since": since, "request_id": request_id}
-    )
-    assert reply["response_status"] == 201, reply
-    return dict(reply["data"])
 
 
 async def test_subscribe_then_write_on_the_other_worker_always_arrives(

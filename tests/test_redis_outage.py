@@ -10,19 +10,10 @@ import httpx
 import pytest
 
 from app.cli.cluster import Cluster
-from tests.cluster_support import RedisServer, require_services, running_cluster
+from tests.cluster_support import RedisServer, running_cluster
 from tests.support import Endpoint, event, subscribe, unique
 
 RECOVERY = 2.0  # delivery must resume within this many seconds of Redis coming back
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    require_services()
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
