@@ -51,6 +51,8 @@ class Relay:
         self._per_tag = settings.changelog_max_per_hashtag
         self._prune_every = settings.changelog_prune_interval_seconds
         self._postgresql = engine.dialect.name == "postgresql"
+        # INSERT with ON CONFLICT, in the database's own dialect.
+        self._insert = pg_insert if self._postgresql else sqlite_insert
         self._marks: list[int] = []
         self._task: asyncio.Task[None] | None = None
         # Rung by PostgreSQL's NOTIFY for changes made outside the service.
@@ -155,7 +157,7 @@ class Relay:
                 # missed the live copy finds the change in its backlog.
                 pairs = [{"tag": t, "change_id": c.offset} for c in batch for t in c.tags]
                 if pairs:
-                    await conn.execute(self._insert_ignore(change_tags), pairs)
+                    await conn.execute(self._insert(change_tags).on_conflict_do_nothing(), pairs)
                 await _set(conn, [c.offset for c in batch], relay_after=now + self._lease)
         done: list[int] = []
         try:
@@ -180,10 +182,6 @@ class Relay:
     async def _publish(self, change: Change) -> None:
         channels = [channel_for(self._prefix, tag) for tag in sorted(change.tags)]
         await self._broker.publish_many(channels, change.encode())
-
-    def _insert_ignore(self, table: Any) -> Any:
-        insert = pg_insert if self._postgresql else sqlite_insert
-        return insert(table).on_conflict_do_nothing()
 
     async def prune(self) -> None:
         """Drop changes older than the retention, and all but the newest N per hashtag."""
@@ -248,8 +246,7 @@ class Relay:
         await self._advance_horizon(conn, tag, upto)
 
     async def _advance_horizon(self, conn: AsyncConnection, tag: str, upto: int) -> None:
-        insert = pg_insert if self._postgresql else sqlite_insert
-        statement = insert(horizons).values(tag=tag, pruned_upto=upto)
+        statement = self._insert(horizons).values(tag=tag, pruned_upto=upto)
         bigger = func.greatest if self._postgresql else func.max
         await conn.execute(
             statement.on_conflict_do_update(
