@@ -236,15 +236,21 @@ def event(action: str, pk: int, data: Any, request_id: Any, offset: Any = OFFSET
     return {"action": action, "pk": pk, "data": data, "offset": offset, "request_id": request_id}
 
 
+def subscribed(reply: Any, request_id: Any) -> dict[str, Any]:
+    """The whole 201 reply to a subscribe, whose data is the log's current offset."""
+    data = reply.get("data") if isinstance(reply, dict) else None
+    offset = data.get("offset") if isinstance(data, dict) else None
+    assert isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0, reply
+    return ok("subscribe_to_hashtag", {"offset": offset}, request_id, 201)
+
+
 async def subscribe(client: WsClient, tag: str, request_id: Any) -> int:
     """Subscribe; returns the log's current offset from the reply."""
     reply = await client.ask(
         {"action": "subscribe_to_hashtag", "hashtag": tag, "request_id": request_id}
     )
-    offset = reply["data"]["offset"] if isinstance(reply.get("data"), dict) else None
-    assert isinstance(offset, int) and offset >= 0, reply
-    assert reply == ok("subscribe_to_hashtag", {"offset": offset}, request_id, 201)
-    return offset
+    assert reply == subscribed(reply, request_id)
+    return int(reply["data"]["offset"])
 
 
 async def barrier(stack: Endpoint, writer: User, *clients: WsClient) -> None:

@@ -26,6 +26,7 @@ from tests.support import (
     post_json,
     run_cli,
     subscribe,
+    subscribed,
     unique,
     wrapped,
 )
@@ -91,14 +92,6 @@ async def rest(
     """One REST call as user; the caller checks the status."""
     async with live.http() as http:
         return await http.request(method, path, json=body, headers=user.headers)
-
-
-def subscribed(reply: Any, request_id: Any) -> dict[str, Any]:
-    """The whole 201 reply to a subscribe, whose data is the log's current offset."""
-    data = reply.get("data") if isinstance(reply, dict) else None
-    offset = data.get("offset") if isinstance(data, dict) else None
-    assert isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0, reply
-    return ok("subscribe_to_hashtag", {"offset": offset}, request_id, 201)
 
 
 async def unsubscribe(client: WsClient, tag: str, request_id: Any) -> None:
