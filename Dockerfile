@@ -25,5 +25,5 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
 # No permessage-deflate (it costs ~48 kB and CPU per socket), bounded shutdown (a client that
 # never reads must not hold it), access logs from the app itself (no tokens in query strings).
 CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log", \
-     "--ws", "websockets-sansio", "--ws-per-message-deflate", "false", \
+     "--ws", "app.transport.wsprotocol:LiveSocketProtocol", "--ws-per-message-deflate", "false", \
      "--timeout-graceful-shutdown", "15"]

@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from app.config import Settings
 from app.main import create_app
 from app.migrations import upgrade_to_head
+from app.transport.wsprotocol import UVICORN_WS
 
 TIMEOUT = 10.0
 PASSWORD = "correct horse battery"
@@ -45,7 +46,7 @@ class Server:
         options: dict[str, Any] = {
             "log_level": "warning",
             "ws_ping_interval": None,
-            "ws": "websockets-sansio",
+            "ws": UVICORN_WS,
             "ws_per_message_deflate": False,
         }
         config = uvicorn.Config(
@@ -73,6 +74,11 @@ class Server:
     @property
     def runtime(self) -> Any:
         return self.app.state.runtime
+
+    @property
+    def sockets(self) -> list[Any]:
+        """uvicorn's protocol objects of the connections open now."""
+        return list(self._server.server_state.connections)
 
 
 @asynccontextmanager

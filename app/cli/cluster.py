@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from app.config import Settings
+from app.transport.wsprotocol import UVICORN_WS
 
 ROOT = Path(__file__).resolve().parents[2]
 _FIELDS = set(Settings.model_fields)
@@ -95,7 +96,7 @@ class Cluster:
                     sys.executable, "-m", "uvicorn", "app.main:app",
                     "--host", "127.0.0.1", "--port", str(self.worker_ports[index]),
                     "--log-level", "warning", "--no-access-log",
-                    "--ws", "websockets-sansio", "--ws-per-message-deflate", "false",
+                    "--ws", UVICORN_WS, "--ws-per-message-deflate", "false",
                     "--ws-max-size", str(self.settings.ws_max_frame_bytes + 1024),
                     "--ws-ping-interval", str(self.settings.ws_ping_interval),
                     "--ws-ping-timeout", str(self.settings.ws_ping_timeout),

@@ -12,15 +12,32 @@ class Outgoing:
 
     Every event of every subscriber passes through here, and an idle socket keeps one for
     hours: a plain list swapped out whole, and a future that exists only while the writer
-    waits, cost less time and memory than a deque and an asyncio.Event."""
+    waits, cost less time and memory than a deque and an asyncio.Event.
 
-    __slots__ = ("_closed", "_frames", "_held", "_limit", "_on_overflow", "_waiter")
+    With `write_now`, a frame goes straight to the socket when nothing is queued before it
+    (`write_now` returns False when the socket cannot take it yet); only what must wait is
+    queued, and `on_queued` is told when the queue stops being empty, so a writer task needs
+    to exist only then. Without it, a writer waits in `drain` for every frame."""
 
-    def __init__(self, limit: int, on_overflow: Callable[[], None]) -> None:
+    __slots__ = (
+        "_closed", "_frames", "_held", "_limit", "_on_overflow", "_on_queued", "_waiter",
+        "_write_now",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        limit: int,
+        on_overflow: Callable[[], None],
+        *,
+        write_now: Callable[[str], bool] | None = None,
+        on_queued: Callable[[], None] | None = None,
+    ) -> None:
         self._frames: list[str] = []
         self._held: list[str] | None = None
         self._limit = limit
         self._on_overflow = on_overflow
+        self._write_now = write_now
+        self._on_queued = on_queued
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
 
@@ -48,11 +65,17 @@ class Outgoing:
     def _push(self, frame: str) -> None:
         if self._closed:
             return
-        if len(self._frames) >= self._limit:
+        frames = self._frames
+        if not frames and self._write_now is not None and self._write_now(frame):
+            return
+        if len(frames) >= self._limit:
             self._overflow()
             return
-        self._frames.append(frame)
-        self._wake()
+        frames.append(frame)
+        if self._waiter is not None:
+            self._wake()
+        elif len(frames) == 1 and self._on_queued is not None:
+            self._on_queued()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -71,6 +94,15 @@ class Outgoing:
     def close(self) -> None:
         self._closed = True
         self._wake()
+
+    def take(self) -> list[str]:
+        """Everything queued, without waiting."""
+        frames, self._frames = self._frames, []
+        return frames
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def drain(self) -> list[str] | None:
         """Everything queued, waiting for at least one frame; None once closed and empty

@@ -26,6 +26,7 @@ from app.protocol.admission import Ticket
 from app.protocol.outgoing import Outgoing
 from app.protocol.session import Session
 from app.runtime import Runtime
+from app.transport.wsprotocol import EXTENSION, LiveSocketProtocol, text_frame
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ class LivePostsEndpoint:
         if admitted is _REFUSED:
             return
         identity = admitted
-        connection = LiveConnection(receive, send, runtime, identity)
+        socket = (scope.get("extensions") or {}).get(EXTENSION)
+        connection = LiveConnection(receive, send, runtime, identity, socket)
         ticket = runtime.admission.admit(
             ip, identity.user_id if identity else None, lambda: connection.close(CLOSE_GOING_AWAY)
         )
@@ -157,8 +159,17 @@ async def _refuse(websocket: WebSocket, reason: str) -> None:
 
 
 class LiveConnection:
+    """One accepted socket. Under livepost's own protocol (`socket` given) frames are written
+    to the socket as they come and a writer task exists only while some wait for the socket to
+    drain; under any other ASGI server a writer task sends every frame through `send`."""
+
     def __init__(
-        self, receive: Receive, send: Send, runtime: Runtime, identity: Identity | None
+        self,
+        receive: Receive,
+        send: Send,
+        runtime: Runtime,
+        identity: Identity | None,
+        socket: LiveSocketProtocol | None = None,
     ) -> None:
         self._receive = receive
         self._send = send
@@ -167,9 +178,18 @@ class LiveConnection:
         self.close_code: int | None = None
         self.closed_by: str | None = None
         self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.outgoing = Outgoing(
-            runtime.settings.ws_queue_size, lambda: self.close(CLOSE_TRY_AGAIN_LATER)
-        )
+        self._socket = socket
+        self._writer: asyncio.Task[None] | None = None
+        limit = runtime.settings.ws_queue_size
+        if socket is None:
+            self.outgoing = Outgoing(limit, self._overflow)
+        else:
+            self.outgoing = Outgoing(
+                limit, self._overflow, write_now=self._write_now, on_queued=self._start_flush
+            )
+
+    def _overflow(self) -> None:
+        self.close(CLOSE_TRY_AGAIN_LATER)
 
     def close(self, code: int) -> None:
         """Ask the connection to end with this close code (the first request wins)."""
@@ -197,19 +217,21 @@ class LiveConnection:
         # Two tasks: one reads and answers in order, one writes. Whichever ends (or a close
         # request) ends the connection; a future, not a third task, waits for that.
         reader = asyncio.create_task(self._read(session))
-        writer = asyncio.create_task(self._write())
         reader.add_done_callback(self._end)
-        writer.add_done_callback(self._end)
+        if self._socket is None:
+            self._writer = asyncio.create_task(self._write())
+            self._writer.add_done_callback(self._end)
         try:
             await self._ended
             if self.close_code == CLOSE_GOING_AWAY:
-                await self._finish(session, reader, writer)
+                await self._finish(session, reader)
         finally:
             session.close()
             self.outgoing.close()
-            for task in (reader, writer):
+            tasks = [task for task in (reader, self._writer) if task is not None]
+            for task in tasks:
                 task.cancel()
-            for task in (reader, writer):
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         if self.closed_by == "server" and self.close_code is not None:
@@ -220,9 +242,7 @@ class LiveConnection:
                 async with asyncio.timeout(1.0):
                     await self._send({"type": "websocket.close", "code": self.close_code})
 
-    async def _finish(
-        self, session: Session, reader: asyncio.Task[None], writer: asyncio.Task[None]
-    ) -> None:
+    async def _finish(self, session: Session, reader: asyncio.Task[None]) -> None:
         """The worker is stopping: let the request in progress complete and its reply go out."""
         grace = self.runtime.settings.shutdown_grace_seconds
         with contextlib.suppress(TimeoutError):
@@ -230,9 +250,11 @@ class LiveConnection:
                 await session.wait_idle()
         reader.cancel()
         self.outgoing.close()  # the writer sends what is queued, then ends
-        with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-            async with asyncio.timeout(1.0):
-                await writer
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                async with asyncio.timeout(1.0):
+                    await writer
 
     async def _read(self, session: Session) -> None:
         limit = self.runtime.settings.ws_max_frame_bytes
@@ -249,6 +271,25 @@ class LiveConnection:
                 self.close(CLOSE_TOO_BIG)
                 return
             await session.receive(text if isinstance(text, str) else None)
+
+    def _write_now(self, frame: str) -> bool:
+        assert self._socket is not None
+        return self._socket.offer(text_frame(frame))
+
+    def _start_flush(self) -> None:
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        """Write what queued up while the socket's buffer was full, once it drains."""
+        socket, outgoing = self._socket, self.outgoing
+        assert socket is not None
+        while True:
+            await socket.writable.wait()
+            frames = outgoing.take()
+            if not frames:
+                return
+            socket.offer(b"".join([text_frame(frame) for frame in frames]))
 
     async def _write(self) -> None:
         send = self._send

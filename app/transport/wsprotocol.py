@@ -1,0 +1,144 @@
+"""livepost's WebSocket protocol under uvicorn: uvicorn's sans-I/O one, leaner per socket, with
+a way to write event frames straight to the transport.
+
+Through ASGI every frame to every subscriber is a `send` call: a message dict, uvicorn's state
+checks, the websockets encoder, and a task switch to the connection's writer. An event fanned
+out to a thousand sockets is the same bytes a thousand times (server frames are not masked), so
+the app encodes it once (`text_frame`) and hands it to each socket's `offer`, synchronously,
+from the hub's fan-out: what the raw relay's `websockets.broadcast` does, minus the per-socket
+encoding. The socket is exposed to the app as the scope extension `livepost.socket`; under any
+other server the extension is absent and the app uses ASGI `send`.
+
+It also keeps less per idle socket: a list and one future instead of an `asyncio.Queue` (three
+deques and an Event's deque) and an `asyncio.Event` for flow control, and nothing of the
+handshake once it is accepted.
+
+Run it with `uvicorn --ws app.transport.wsprotocol:LiveSocketProtocol`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+EXTENSION = "livepost.socket"
+UVICORN_WS = "app.transport.wsprotocol:LiveSocketProtocol"  # uvicorn's --ws
+
+
+class LiveSocketProtocol(WebSocketsSansIOProtocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn uses exactly put_nowait/get/empty and wait/set/clear/is_set of these.
+        self.queue: Any = _Inbox()
+        self.writable: Any = _Gate()
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)
+        if scope is not None:  # a handshake that goes on to the app (else it was refused)
+            scope["extensions"][EXTENSION] = self
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept":
+            # Nothing reads the handshake's request, response or headers again: an idle
+            # socket should not keep them (about 4 kB) for the hours it stays open. The
+            # request's headers are emptied in place: websockets' parser keeps the request.
+            self.request.headers.clear()
+            self.request = self.response = None  # type: ignore[assignment]
+            self.scope["headers"] = []
+
+    def offer(self, data: bytes) -> bool:
+        """Write pre-encoded frames now, or return False while the transport asked to pause
+        (its buffer is past the high-water mark): the caller keeps them for later. Frames for a
+        socket that is closing or gone are dropped."""
+        if not self.writable.is_set():
+            return False
+        if self.handshake_complete and not self.close_sent and not self.transport.is_closing():
+            self.transport.write(data)
+        return True
+
+
+def text_frame(text: str) -> bytes:
+    """A complete, unmasked, uncompressed text frame (RFC 6455 5.2) for text.
+
+    The hub hands the same string to every subscriber of an event, so the last encoding is
+    kept and reused while the same string object comes back."""
+    global _last_text, _last_frame
+    if text is _last_text:
+        return _last_frame
+    payload = text.encode()
+    length = len(payload)
+    if length < 126:
+        head = bytes((0x81, length))
+    elif length < 65536:
+        head = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        head = struct.pack("!BBQ", 0x81, 127, length)
+    _last_text, _last_frame = text, head + payload
+    return _last_frame
+
+
+_last_text: str | None = None
+_last_frame = b""
+
+
+class _Inbox:
+    """The messages for the app's `receive`: one reader, and uvicorn pauses reading the socket
+    while one is waiting, so a list is enough."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+
+class _Gate:
+    """Open unless the transport paused writing; its waiters exist only while it is shut."""
+
+    __slots__ = ("_open", "_waiters")
+
+    def __init__(self) -> None:
+        self._open = True
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def is_set(self) -> bool:
+        return self._open
+
+    def set(self) -> None:
+        self._open = True
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._open = False
+
+    async def wait(self) -> None:
+        while not self._open:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
