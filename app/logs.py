@@ -159,6 +159,10 @@ def setup_logging(settings: Settings) -> None:
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
     _install_context_factory()
+    # Neither format shows where a call was made: without this, every record walks the stack
+    # (the logging docs' "Optimization" section), and a coroutine that logs keeps the frame
+    # objects that walk created for as long as it lives (each idle WebSocket's does).
+    logging._srcfile = None  # type: ignore[attr-defined]
     # uvicorn logs request lines with their query string (`/ws?token=...`) on these loggers,
     # which do not propagate to the root: filter them where the records are made.
     for name in ("uvicorn.error", "uvicorn.access", "uvicorn.asgi"):

@@ -18,6 +18,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from app.cli.cluster import ROOT, Cluster, free_port
 from app.migrations import upgrade_to_head
 from app.pubsub.channels import channel_for
+from app.transport.wsprotocol import UVICORN_WS
 from tests.cluster_support import running_cluster
 from tests.support import TIMEOUT, Endpoint, barrier, sqlite_server, subscribe, unique
 
@@ -39,22 +40,26 @@ async def stopped_gracefully(process: subprocess.Popen[bytes], log: Path | None 
     return process.returncode in (0, -signal.SIGTERM)
 
 
-def start_worker(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_worker(
+    port: int, env: dict[str, str], log: Path, *options: str
+) -> subprocess.Popen[bytes]:
     with open(log, "wb") as output:
         return subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port)],
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port), *options],
             env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
 
-async def test_single_worker_closes_sockets_with_1001(tmp_path: Path) -> None:
-    """The embedded default (SQLite, in-process broker) as `uvicorn app.main:app` runs it."""
+@pytest.mark.parametrize("ws", ["auto", UVICORN_WS])
+async def test_single_worker_closes_sockets_with_1001(tmp_path: Path, ws: str) -> None:
+    """The embedded default (SQLite, in-process broker) as `uvicorn app.main:app` runs it,
+    with uvicorn's own WebSocket protocol (ASGI `send`) and with livepost's."""
     database = f"sqlite+aiosqlite:///{tmp_path / 'stop.db'}"
     await asyncio.to_thread(upgrade_to_head, database)
     port = free_port()
     env = {**os.environ, "DATABASE_URL": database, "JWT_SECRET": "stop-" + "s" * 32}
     log = tmp_path / "worker.log"
-    process = start_worker(port, env, log)
+    process = start_worker(port, env, log, "--ws", ws)
     try:
         endpoint = Endpoint(f"http://127.0.0.1:{port}")
         async with asyncio.timeout(30):

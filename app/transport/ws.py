@@ -159,9 +159,13 @@ async def _refuse(websocket: WebSocket, reason: str) -> None:
 
 
 class LiveConnection:
-    """One accepted socket. Under livepost's own protocol (`socket` given) frames are written
-    to the socket as they come and a writer task exists only while some wait for the socket to
-    drain; under any other ASGI server a writer task sends every frame through `send`."""
+    """One accepted socket, served by the ASGI task that accepted it: it reads and answers
+    requests in order, and `close` (overflow, flood, oversized frame, shutdown) interrupts it.
+
+    Under livepost's own protocol (`socket` given) frames are written to the socket as they
+    come, and a writer task exists only while some wait for the socket to drain; under any
+    other ASGI server a writer task sends every frame through `send`. An idle connection is
+    thus one task, not three: tasks and their frames are most of what it costs."""
 
     def __init__(
         self,
@@ -177,9 +181,12 @@ class LiveConnection:
         self.identity = identity
         self.close_code: int | None = None
         self.closed_by: str | None = None
-        self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._socket = socket
         self._writer: asyncio.Task[None] | None = None
+        self._reading: asyncio.Task[Any] | None = None  # the task to interrupt, while reading
+        self._stop = False
+        self._session: Session | None = None
+        self._finisher: asyncio.Task[None] | None = None
         limit = runtime.settings.ws_queue_size
         if socket is None:
             self.outgoing = Outgoing(limit, self._overflow)
@@ -195,15 +202,26 @@ class LiveConnection:
         """Ask the connection to end with this close code (the first request wins)."""
         if self.close_code is None:
             self.close_code, self.closed_by = code, "server"
-        self._end()
+        if code == CLOSE_GOING_AWAY and self._session is not None and not self._stop:
+            # The worker is stopping: the request in progress completes first.
+            self._finisher = asyncio.get_running_loop().create_task(self._finish(self._session))
+            self._finisher.add_done_callback(self._stop_reading)
+            return
+        self._stop_reading()
 
-    def _end(self, _task: object = None) -> None:
-        if not self._ended.done():
-            self._ended.set_result(None)
+    def _stop_reading(self, _task: object = None) -> None:
+        if self._stop:
+            return
+        self._stop = True
+        reading = self._reading
+        # From inside the reading task the flag is enough: the loop checks it after each
+        # request. From anywhere else, the task is waiting: interrupt that wait.
+        if reading is not None and reading is not asyncio.current_task():
+            reading.cancel()
 
     async def run(self, ticket: Ticket) -> None:
         runtime = self.runtime
-        session = Session(
+        session = self._session = Session(
             runtime.posts,
             runtime.accounts,
             runtime.hub,
@@ -214,26 +232,22 @@ class LiveConnection:
             ticket=ticket,
             close_connection=self.close,
         )
-        # Two tasks: one reads and answers in order, one writes. Whichever ends (or a close
-        # request) ends the connection; a future, not a third task, waits for that.
-        reader = asyncio.create_task(self._read(session))
-        reader.add_done_callback(self._end)
         if self._socket is None:
             self._writer = asyncio.create_task(self._write())
-            self._writer.add_done_callback(self._end)
+            self._writer.add_done_callback(self._stop_reading)  # the socket went away
         try:
-            await self._ended
-            if self.close_code == CLOSE_GOING_AWAY:
-                await self._finish(session, reader)
+            await self._read_until_stopped(session)
         finally:
             session.close()
-            self.outgoing.close()
-            tasks = [task for task in (reader, self._writer) if task is not None]
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
+            self.outgoing.close()  # a writer sends what is queued, then ends
+            if self._writer is not None:
+                if self.close_code == CLOSE_GOING_AWAY:
+                    with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                        async with asyncio.timeout(1.0):
+                            await asyncio.shield(self._writer)
+                self._writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                    await self._writer
         if self.closed_by == "server" and self.close_code is not None:
             if self.close_code == CLOSE_TRY_AGAIN_LATER:
                 log.warning("closed a connection that stopped reading (outgoing queue full)")
@@ -242,24 +256,30 @@ class LiveConnection:
                 async with asyncio.timeout(1.0):
                     await self._send({"type": "websocket.close", "code": self.close_code})
 
-    async def _finish(self, session: Session, reader: asyncio.Task[None]) -> None:
+    async def _read_until_stopped(self, session: Session) -> None:
+        task = self._reading = asyncio.current_task()
+        assert task is not None
+        try:
+            await self._read(session)
+        except asyncio.CancelledError:
+            if not self._stop:
+                raise  # not ours: the server is cancelling the connection
+            task.uncancel()  # ours, and handled: the cleanup's timeouts must work
+        finally:
+            self._reading = None
+            self._stop = True
+
+    async def _finish(self, session: Session) -> None:
         """The worker is stopping: let the request in progress complete and its reply go out."""
         grace = self.runtime.settings.shutdown_grace_seconds
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await session.wait_idle()
-        reader.cancel()
-        self.outgoing.close()  # the writer sends what is queued, then ends
-        writer = self._writer
-        if writer is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                async with asyncio.timeout(1.0):
-                    await writer
 
     async def _read(self, session: Session) -> None:
         limit = self.runtime.settings.ws_max_frame_bytes
         receive = self._receive
-        while True:
+        while not self._stop:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 if self.close_code is None:

@@ -44,12 +44,14 @@ class LiveSocketProtocol(WebSocketsSansIOProtocol):
     async def send(self, message: Any) -> None:
         await super().send(message)
         if message["type"] == "websocket.accept":
-            # Nothing reads the handshake's request, response or headers again: an idle
-            # socket should not keep them (about 4 kB) for the hours it stays open. The
-            # request's headers are emptied in place: websockets' parser keeps the request.
+            # Nothing reads the handshake's request, response, headers or query string (which
+            # may hold the token) again: an idle socket should not keep them (about 4 kB) for
+            # the hours it stays open. The request's headers are emptied in place: websockets'
+            # parser keeps the request.
             self.request.headers.clear()
             self.request = self.response = None  # type: ignore[assignment]
             self.scope["headers"] = []
+            self.scope["query_string"] = b""
 
     def offer(self, data: bytes) -> bool:
         """Write pre-encoded frames now, or return False while the transport asked to pause
