@@ -51,6 +51,8 @@ async def test_replies_and_events_in_order_on_either_protocol(tmp_path: Path, ws
             await subscribe(reader, tag, "theirs")
             fast = [isinstance(socket, LiveSocketProtocol) for socket in server.sockets]
             assert fast == [ws == UVICORN_WS] * 2
+            if ws == UVICORN_WS:  # uvicorn's attributes all went into slots: no dict
+                assert [vars(socket) for socket in server.sockets] == [{}, {}]
             for index in range(20):
                 body = f"#{tag} post {index}"
                 await writer.send({"action": "create", "data": {"body": body}, "request_id": index})

@@ -87,7 +87,7 @@ class LivePostsEndpoint:
         socket = (scope.get("extensions") or {}).get(EXTENSION)
         connection = LiveConnection(receive, send, runtime, identity, socket)
         ticket = runtime.admission.admit(
-            ip, identity.user_id if identity else None, lambda: connection.close(CLOSE_GOING_AWAY)
+            ip, identity.user_id if identity else None, connection.going_away
         )
         if ticket is None:
             websocket = WebSocket(scope, receive, send)
@@ -209,6 +209,10 @@ class LiveConnection:
             return
         self._stop_reading()
 
+    def going_away(self) -> None:
+        """The worker is stopping."""
+        self.close(CLOSE_GOING_AWAY)
+
     def _stop_reading(self, _task: object = None) -> None:
         if self._stop:
             return
@@ -236,7 +240,7 @@ class LiveConnection:
             self._writer = asyncio.create_task(self._write())
             self._writer.add_done_callback(self._stop_reading)  # the socket went away
         try:
-            await self._read_until_stopped(session)
+            await self._read(session)
         finally:
             session.close()
             self.outgoing.close()  # a writer sends what is queued, then ends
@@ -256,19 +260,6 @@ class LiveConnection:
                 async with asyncio.timeout(1.0):
                     await self._send({"type": "websocket.close", "code": self.close_code})
 
-    async def _read_until_stopped(self, session: Session) -> None:
-        task = self._reading = asyncio.current_task()
-        assert task is not None
-        try:
-            await self._read(session)
-        except asyncio.CancelledError:
-            if not self._stop:
-                raise  # not ours: the server is cancelling the connection
-            task.uncancel()  # ours, and handled: the cleanup's timeouts must work
-        finally:
-            self._reading = None
-            self._stop = True
-
     async def _finish(self, session: Session) -> None:
         """The worker is stopping: let the request in progress complete and its reply go out."""
         grace = self.runtime.settings.shutdown_grace_seconds
@@ -277,20 +268,31 @@ class LiveConnection:
                 await session.wait_idle()
 
     async def _read(self, session: Session) -> None:
+        """Read and answer requests until the client leaves or `close` stops the reading."""
+        task = self._reading = asyncio.current_task()
+        assert task is not None
         limit = self.runtime.settings.ws_max_frame_bytes
         receive = self._receive
-        while not self._stop:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                if self.close_code is None:
-                    self.close_code, self.closed_by = message.get("code", 1005), "client"
-                return
-            text, data = message.get("text"), message.get("bytes")
-            size = len(data) if data is not None else _utf8_length(text, limit)
-            if size > limit:
-                self.close(CLOSE_TOO_BIG)
-                return
-            await session.receive(text if isinstance(text, str) else None)
+        try:
+            while not self._stop:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    if self.close_code is None:
+                        self.close_code, self.closed_by = message.get("code", 1005), "client"
+                    return
+                text, data = message.get("text"), message.get("bytes")
+                size = len(data) if data is not None else _utf8_length(text, limit)
+                if size > limit:
+                    self.close(CLOSE_TOO_BIG)
+                    return
+                await session.receive(text if isinstance(text, str) else None)
+        except asyncio.CancelledError:
+            if not self._stop:
+                raise  # not ours: the server is cancelling the connection
+            task.uncancel()  # ours, and handled: the cleanup's timeouts must work
+        finally:
+            self._reading = None
+            self._stop = True
 
     def _write_now(self, frame: str) -> bool:
         assert self._socket is not None

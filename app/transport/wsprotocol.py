@@ -29,6 +29,19 @@ UVICORN_WS = "app.transport.wsprotocol:LiveSocketProtocol"  # uvicorn's --ws
 
 
 class LiveSocketProtocol(WebSocketsSansIOProtocol):
+    # uvicorn's per-connection attributes, as slots: more than 30 attributes defeat CPython's
+    # shared-key instance dicts, so each socket would otherwise carry a 64-entry dict (~1.6 kB).
+    # Its own assignments land in these slots; one it adds in a later version goes to a dict.
+    __slots__ = (
+        "app", "app_state", "asgi_version", "client", "close_sent", "close_timeout",
+        "close_timer", "config", "conn", "connections", "curr_msg_data_type", "default_headers",
+        "disconnected", "frames", "handshake_complete", "handshake_initiated",
+        "initial_response", "last_ping_rtt", "logger", "loop", "pending_ping_payload",
+        "ping_interval", "ping_sent_at", "ping_timeout", "ping_timer", "pong_timer", "queue",
+        "read_paused", "request", "response", "root_path", "scheme", "scope", "server", "tasks",
+        "transport", "writable",
+    )  # fmt: skip
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # uvicorn uses exactly put_nowait/get/empty and wait/set/clear/is_set of these.
