@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.responses import JSONResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from app.accounts.service import Identity
@@ -271,21 +271,12 @@ class LiveConnection:
         """Read and answer requests until the client leaves or `close` stops the reading."""
         task = self._reading = asyncio.current_task()
         assert task is not None
-        limit = self.runtime.settings.ws_max_frame_bytes
         receive = self._receive
         try:
-            while not self._stop:
-                message = await receive()
-                if message["type"] == "websocket.disconnect":
-                    if self.close_code is None:
-                        self.close_code, self.closed_by = message.get("code", 1005), "client"
-                    return
-                text, data = message.get("text"), message.get("bytes")
-                size = len(data) if data is not None else _utf8_length(text, limit)
-                if size > limit:
-                    self.close(CLOSE_TOO_BIG)
-                    return
-                await session.receive(text if isinstance(text, str) else None)
+            # No local holds a message while the loop waits for the next: an idle connection
+            # would keep its last one alive.
+            while not self._stop and await self._answer(session, await receive()):
+                pass
         except asyncio.CancelledError:
             if not self._stop:
                 raise  # not ours: the server is cancelling the connection
@@ -293,6 +284,21 @@ class LiveConnection:
         finally:
             self._reading = None
             self._stop = True
+
+    async def _answer(self, session: Session, message: Message) -> bool:
+        """Answer one message; False once the connection is to end."""
+        if message["type"] == "websocket.disconnect":
+            if self.close_code is None:
+                self.close_code, self.closed_by = message.get("code", 1005), "client"
+            return False
+        limit = self.runtime.settings.ws_max_frame_bytes
+        text, data = message.get("text"), message.get("bytes")
+        size = len(data) if data is not None else _utf8_length(text, limit)
+        if size > limit:
+            self.close(CLOSE_TOO_BIG)
+            return False
+        await session.receive(text if isinstance(text, str) else None)
+        return True
 
     def _write_now(self, frame: str) -> bool:
         assert self._socket is not None
