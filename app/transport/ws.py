@@ -1,8 +1,9 @@
 """The /ws endpoint: admit the handshake, then read frames and write frames.
 
-One task reads and answers requests in order; one drains the outgoing queue to the socket.
-When either ends, or something asks the connection to close (overflow, flood, oversized
-frame, worker shutdown), both end and the connection's subscriptions are released.
+The task that accepted the socket reads and answers requests in order. Frames go straight to
+the socket (livepost's protocol, app/transport/wsprotocol.py) or through a writer task (any
+other server). When the client leaves, or something asks the connection to close (overflow,
+flood, oversized frame, worker shutdown), reading stops and the subscriptions are released.
 """
 
 from __future__ import annotations
@@ -164,8 +165,8 @@ class LiveConnection:
 
     Under livepost's own protocol (`socket` given) frames are written to the socket as they
     come, and a writer task exists only while some wait for the socket to drain; under any
-    other ASGI server a writer task sends every frame through `send`. An idle connection is
-    thus one task, not three: tasks and their frames are most of what it costs."""
+    other ASGI server a writer task sends every frame through `send`. Under livepost's protocol
+    an idle connection is thus one task: tasks and their frames are much of what it costs."""
 
     def __init__(
         self,
@@ -203,6 +204,8 @@ class LiveConnection:
         if self.close_code is None:
             self.close_code, self.closed_by = code, "server"
         if code == CLOSE_GOING_AWAY and self._session is not None and not self._stop:
+            if self._finisher is not None:
+                return
             # The worker is stopping: the request in progress completes first.
             self._finisher = asyncio.get_running_loop().create_task(self._finish(self._session))
             self._finisher.add_done_callback(self._stop_reading)
