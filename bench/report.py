@@ -187,8 +187,9 @@ def _fmt(value: float | None) -> str:
 
 
 def plot(results: list[Result], path: Path) -> Path | None:
-    """Latency percentiles and delivered events/s against subscribers, one line per
-    (target, posts/s); None when there is no fan-out result to draw."""
+    """Latency percentiles and delivered events/s, one colour per target: against subscribers
+    when every point has the same posts/s, else against the offered events/s (subscribers x
+    posts/s), where a rate sweep shows each side's saturation. None without fan-out results."""
     fanouts = [result for result in results if result["scenario"] == "fanout"]
     if not fanouts:
         return None
@@ -197,30 +198,36 @@ def plot(results: list[Result], path: Path) -> Path | None:
     matplotlib.use("Agg")  # no display: write the file only
     import matplotlib.pyplot as plt
 
-    # One line per (target, posts/s); several rounds of a point are drawn as their median.
-    series: dict[tuple[str, float], dict[int, list[Result]]] = defaultdict(
-        lambda: defaultdict(list)
-    )
+    by_subscribers = len({result["rate"] for result in fanouts}) == 1
+
+    def x_of(result: Result) -> float:
+        return float(result["subs"] if by_subscribers else result["subs"] * result["rate"])
+
+    # Several rounds of a point are drawn as their median.
+    series: dict[str, dict[float, list[Result]]] = defaultdict(lambda: defaultdict(list))
     for result in fanouts:
-        series[(result["target"], result["rate"])][result["subs"]].append(result)
+        series[result["target"]][x_of(result)].append(result)
     figure, (latency, throughput) = plt.subplots(1, 2, figsize=(13, 5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for number, ((target, rate), by_subs) in enumerate(sorted(series.items())):
-        subs = sorted(by_subs)
+    for number, (target, points) in enumerate(sorted(series.items())):
+        xs = sorted(points)
         colour = colours[number % len(colours)]
-        label = f"{target} {rate:g} posts/s"
         for key, style in (("p50_ms", ":"), ("p95_ms", "--"), ("p99_ms", "-")):
-            values = [_median(by_subs[count], key) for count in subs]
-            latency.plot(subs, values, style, color=colour, marker="o", label=f"{label} {key[:3]}")
-        delivered = [_median(by_subs[count], "events_per_s") for count in subs]
-        throughput.plot(subs, delivered, color=colour, marker="o", label=label)
-    latency.set(xlabel="subscribers", ylabel="create → event latency (ms)", yscale="log")
-    latency.set_title("latency percentiles")
-    throughput.set(xlabel="subscribers", ylabel="delivered events/s")
+            values = [_median(points[x], key) for x in xs]
+            latency.plot(xs, values, style, color=colour, marker="o", label=f"{target} {key[:3]}")
+        delivered = [_median(points[x], "events_per_s") for x in xs]
+        throughput.plot(xs, delivered, color=colour, marker="o", label=target)
+    x_label = "subscribers" if by_subscribers else "offered events/s (subscribers x posts/s)"
+    if not by_subscribers:
+        offered = sorted({x for points in series.values() for x in points})
+        throughput.plot(offered, offered, ":", color="grey", label="offered")
+    latency.set(xlabel=x_label, ylabel="create → event latency (ms)", yscale="log")
+    latency.set_title("latency percentiles (median of rounds)")
+    throughput.set(xlabel=x_label, ylabel="delivered events/s")
     throughput.set_title("delivered events/s")
     for axes in (latency, throughput):
         axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=7)
+        axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
