@@ -13,6 +13,7 @@ from websockets.frames import Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from app.protocol.outgoing import Outgoing
 from app.transport.wsprotocol import UVICORN_WS, LiveSocketProtocol, text_frame
 from tests.raw_websocket import RawWebSocket
 from tests.support import Endpoint, event, ok, sqlite_server, subscribe, unique
@@ -35,6 +36,42 @@ def test_the_same_string_is_encoded_once() -> None:
     first = text_frame(text)
     assert text_frame(text) is first
     assert text_frame(text + "!") != first
+
+
+def test_frames_go_straight_out_until_the_socket_refuses_then_queue_behind() -> None:
+    """Outgoing with write_now: written at once while the socket takes them; once it refuses,
+    that frame and every later one queue (order kept), the writer is asked for once, and the
+    queue still overflows at its limit."""
+    written: list[str] = []
+    accepting = [True]
+    writers: list[None] = []
+    overflows: list[None] = []
+
+    def write_now(frame: str) -> bool:
+        if accepting[0]:
+            written.append(frame)
+        return accepting[0]
+
+    outgoing = Outgoing(
+        3,
+        lambda: overflows.append(None),
+        write_now=write_now,
+        on_queued=lambda: writers.append(None),
+    )
+    outgoing.put_event("e1")
+    outgoing.put_reply("r1")
+    assert (written, writers) == (["e1", "r1"], [])
+    accepting[0] = False
+    outgoing.put_event("e2")
+    accepting[0] = True  # the socket takes frames again, but e3 must not overtake e2
+    outgoing.put_event("e3")
+    assert (written, writers, outgoing.take()) == (["e1", "r1"], [None], ["e2", "e3"])
+    outgoing.put_event("e4")  # nothing queued any more: straight out
+    assert written == ["e1", "r1", "e4"]
+    accepting[0] = False
+    for frame in ("e5", "e6", "e7", "e8"):
+        outgoing.put_event(frame)
+    assert overflows == [None]  # the fourth queued frame
 
 
 @pytest.mark.parametrize("ws", [UVICORN_WS, "websockets-sansio"])

@@ -100,10 +100,6 @@ class Outgoing:
         frames, self._frames = self._frames, []
         return frames
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     async def drain(self) -> list[str] | None:
         """Everything queued, waiting for at least one frame; None once closed and empty
         (a queue closed in order still hands out what it holds, e.g. a last reply)."""
