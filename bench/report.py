@@ -131,15 +131,15 @@ def ratios(results: list[Result], ours: str, baseline: str) -> str:
         for metric, title, _higher in RATIOS[key[0]]:
             mine = _median(by_target[ours], metric)
             theirs = _median(by_target[baseline], metric)
-            ratio = f"{mine / theirs:.2f}x" if mine is not None and theirs else "-"
             label = _label(key)
-            lines.append(f"| {label} | {title} | {_fmt(mine)} | {_fmt(theirs)} | {ratio} |")
+            lines.append(
+                f"| {label} | {title} | {_fmt(mine)} | {_fmt(theirs)} | {_ratio(mine, theirs)} |"
+            )
     mine, theirs = sustained(results, ours), sustained(results, baseline)
     if mine is not None or theirs is not None:
-        ratio = f"{mine / theirs:.2f}x" if mine is not None and theirs else "-"
         lines.append(
             f"| highest fan-out rate with 0 lost and p99 ≤ {SUSTAINED_P99_MS:g} ms | delivered/s"
-            f" | {_fmt(mine)} | {_fmt(theirs)} | {ratio} |"
+            f" | {_fmt(mine)} | {_fmt(theirs)} | {_ratio(mine, theirs)} |"
         )
     if baseline == "raw":
         lines.append(
@@ -180,6 +180,10 @@ def _label(key: tuple[Any, ...]) -> str:
 def _median(results: list[Result], metric: str) -> float | None:
     values = [result[metric] for result in results if result.get(metric) is not None]
     return statistics.median(values) if values else None
+
+
+def _ratio(mine: float | None, theirs: float | None) -> str:
+    return f"{mine / theirs:.2f}x" if mine is not None and theirs else "-"
 
 
 def _fmt(value: float | None) -> str:
