@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     # A change still unpublished this long after its commit lost its fast-path publish.
     relay_grace_seconds: float = 2.0
     relay_lease_seconds: float = 10.0  # a relay's claim on a batch, then another may take it
+    # How often each worker marks its fast-path publishes in the log and publishes the resume
+    # watermark: a resume re-sends about this much more than the client needed.
+    watermark_interval_seconds: float = 0.2
     changelog_retention_seconds: float = 24 * 60 * 60
     changelog_max_per_hashtag: int = 1000
     changelog_prune_interval_seconds: float = 60.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 from sqlalchemy import text
@@ -13,12 +14,15 @@ from app.accounts.throttle import AccountThrottles
 from app.changelog.catchup import CatchUp
 from app.changelog.reader import ChangeLog
 from app.changelog.relay import Relay
+from app.changelog.watermark import WatermarkPublisher, read_watermark
 from app.config import Settings
 from app.db import make_engine
 from app.posts.service import PostService
 from app.protocol.admission import Admission
 from app.pubsub.broker import Broker, make_broker
 from app.pubsub.hub import Hub
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +32,7 @@ class Runtime:
     broker: Broker
     hub: Hub
     relay: Relay
+    watermark: WatermarkPublisher
     changelog: ChangeLog
     catchup: CatchUp
     posts: PostService
@@ -43,13 +48,18 @@ class Runtime:
         engine = make_engine(settings)
         broker = make_broker(settings)
         hub = Hub(broker, settings.channel_prefix)
-        await hub.start()
+        await hub.start(await _first_watermark(engine) if run_relay else 0)
         relay = Relay(engine, broker, settings)
+        watermark = WatermarkPublisher(
+            engine, broker, relay, settings.channel_prefix, settings.watermark_interval_seconds
+        )
         if run_relay:
             relay.start()
+            watermark.start()
         # A backlog must fit the connection's queue, with room for live events.
         changelog = ChangeLog(engine, max_backlog=settings.ws_queue_size // 2)
         catchup = CatchUp(hub, changelog)
+        broker.on_lost = hub.broker_lost
         broker.on_resync = catchup.schedule
         return cls(
             settings=settings,
@@ -57,6 +67,7 @@ class Runtime:
             broker=broker,
             hub=hub,
             relay=relay,
+            watermark=watermark,
             changelog=changelog,
             catchup=catchup,
             posts=PostService(
@@ -83,6 +94,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.posts.drain(self.settings.shutdown_grace_seconds)
+        await self.watermark.stop()
         await self.relay.stop()
         await self.catchup.close()
         await self.hub.close()  # drops the broker connection and with it every channel
@@ -96,3 +108,12 @@ class Runtime:
         except Exception:
             return False
         return True
+
+
+async def _first_watermark(engine: AsyncEngine) -> int:
+    """The watermark a worker starts with; later ones come through the broker."""
+    try:
+        return await read_watermark(engine)
+    except Exception as error:  # the database is away: resumes re-send more until it is back
+        log.warning("reading the resume watermark failed: %r", error)
+        return 0

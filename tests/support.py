@@ -237,17 +237,42 @@ class _AnyOffset:
 OFFSET: Any = _AnyOffset()
 
 
+class _AnyWatermark:
+    """Matches any resume watermark (an integer >= 0) inside an expected frame; the watermark
+    tests check the values themselves."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, int) and not isinstance(other, bool) and other >= 0
+
+    def __repr__(self) -> str:
+        return "<safe>"
+
+
+SAFE: Any = _AnyWatermark()
+
+
 def event(action: str, pk: int, data: Any, request_id: Any, offset: Any = OFFSET) -> dict[str, Any]:
-    """An event frame as the contract shapes it (offset: where its change is in the log)."""
-    return {"action": action, "pk": pk, "data": data, "offset": offset, "request_id": request_id}
+    """An event frame as the contract shapes it (offset: where its change is in the log;
+    safe: the watermark to resume from)."""
+    return {
+        "action": action,
+        "pk": pk,
+        "data": data,
+        "offset": offset,
+        "safe": SAFE,
+        "request_id": request_id,
+    }
 
 
 def subscribed(reply: Any, request_id: Any) -> dict[str, Any]:
-    """The whole 201 reply to a subscribe, whose data is the log's current offset."""
+    """The whole 201 reply to a subscribe, whose data is the log's current offset and the
+    watermark (never above it)."""
     data = reply.get("data") if isinstance(reply, dict) else None
     offset = data.get("offset") if isinstance(data, dict) else None
+    safe = data.get("safe") if isinstance(data, dict) else None
     assert isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0, reply
-    return ok("subscribe_to_hashtag", {"offset": offset}, request_id, 201)
+    assert isinstance(safe, int) and not isinstance(safe, bool) and 0 <= safe <= offset, reply
+    return ok("subscribe_to_hashtag", {"offset": offset, "safe": safe}, request_id, 201)
 
 
 async def subscribe(client: WsClient, tag: str, request_id: Any) -> int:

@@ -45,7 +45,9 @@ async def resume(client: WsClient, tag: str, since: Any, request_id: Any) -> dic
     )
     data = reply["data"]
     assert reply == ok("subscribe_to_hashtag", data, request_id, 201), reply
-    assert set(data) == {"offset", "recovered"} and isinstance(data["offset"], int), data
+    assert set(data) == {"offset", "safe", "recovered"} and isinstance(data["offset"], int), data
+    # The frames of the resume come after the reply, so its watermark is no higher than since.
+    assert isinstance(data["safe"], int) and 0 <= data["safe"] <= min(since, data["offset"]), data
     return dict(data)
 
 
@@ -215,7 +217,7 @@ async def test_resume_from_the_log_end_replays_nothing(live: Stack) -> None:
     await create(client, f"#{tag} before")
     current = await subscribe(client, unique("probe"), "probe")
     data = await resume(client, tag, current, "r")
-    assert data == {"offset": data["offset"], "recovered": True}
+    assert data == {"offset": data["offset"], "safe": data["safe"], "recovered": True}
     assert data["offset"] >= current
     await barrier(live, user, client)
 

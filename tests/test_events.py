@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from app.pubsub.channels import channel_for
 from tests.support import (
     OFFSET,
+    SAFE,
     Stack,
     User,
     WsClient,
@@ -48,6 +49,7 @@ def event(action: str, post: dict[str, Any], request_id: Any) -> dict[str, Any]:
         "pk": post["pk"],
         "data": data,
         "offset": OFFSET,
+        "safe": SAFE,
         "request_id": request_id,
     }
 

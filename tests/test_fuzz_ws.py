@@ -68,7 +68,7 @@ KEEP_GOING = os.environ.get("LIVEPOST_FUZZ_KEEP_GOING") == "1"
 MAX_FRAME = 56_000  # below the server's frame limit (64 KiB): size is not what is fuzzed here
 
 REPLY_KEYS = {"errors", "data", "action", "response_status", "request_id"}
-EVENT_KEYS = {"action", "pk", "data", "offset", "request_id"}
+EVENT_KEYS = {"action", "pk", "data", "offset", "safe", "request_id"}
 ACTIONS = {
     "list": 200,
     "retrieve": 200,
@@ -693,11 +693,13 @@ def _check_reply(arena: Arena, frame: Any, message: Message, anonymous: bool, wh
         elif action in POST_ACTIONS:
             post_json(frame["data"])
         elif action == "subscribe_to_hashtag":
-            # The log's current offset, and whether a resume ("since") was honoured.
+            # The log's current offset, the watermark, and whether a resume ("since") was
+            # honoured.
             data = frame["data"]
             assert isinstance(data, dict), where
-            assert set(data) in ({"offset"}, {"offset", "recovered"}), where
+            assert set(data) in ({"offset", "safe"}, {"offset", "safe", "recovered"}), where
             assert type(data["offset"]) is int and data["offset"] >= 0, where
+            assert type(data["safe"]) is int and 0 <= data["safe"] <= data["offset"], where
             assert type(data.get("recovered", False)) is bool, where
         elif action == "unsubscribe_from_hashtag":
             assert frame["data"] == {}, where

@@ -41,11 +41,13 @@ class SseReader:
         raise AssertionError(f"stream ended; last block {block}")
 
     async def event(self) -> dict[str, Any]:
-        """The next message that is an event (comments skipped)."""
+        """The next message that is an event (comments skipped). An id-only message follows
+        each event: the watermark, which is what a browser sends back when it reconnects."""
         while True:
             block = await self.message()
             if "event" in block:
                 block["data"] = json.loads(block["data"])
+                assert await self.message() == {"comments": [], "id": str(block["data"]["safe"])}
                 return block
 
 
@@ -60,8 +62,10 @@ async def stream(
         assert response.status_code == 200, (await response.aread()).decode()
         assert response.headers["content-type"].startswith("text/event-stream")
         reader = SseReader(response)
-        # The stream opens with a comment: from here on, the subscription is live.
-        assert (await reader.message())["comments"] == ["subscribed"]
+        # The stream opens with a comment: from here on, the subscription is live. Its id is
+        # the watermark to resume from should the stream drop before any event.
+        opening = await reader.message()
+        assert opening == {"comments": ["subscribed"], "id": response.headers["x-livepost-safe"]}
         yield reader
 
 

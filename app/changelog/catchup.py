@@ -33,8 +33,10 @@ class CatchUp:
         task.add_done_callback(self._tasks.discard)
 
     async def run(self) -> None:
+        losses = self._hub.losses
         tags = self._hub.local_tags
         if not tags:
+            self._hub.catch_up([], losses)
             return
         since = self._hub.floor()
         for attempt in range(ATTEMPTS):
@@ -43,12 +45,14 @@ class CatchUp:
                 break
             except Exception as error:
                 if attempt == ATTEMPTS - 1:
-                    # Subscribers can still resume with `since`; nothing more to do here.
+                    # Subscribers can still resume with `since`, from the watermark held since
+                    # the outage (until a later catch-up succeeds).
                     log.warning("catching up after the broker outage failed: %r", error)
+                    self._hub.catch_up_failed()
                     return
                 await asyncio.sleep(RETRY_SECONDS)  # the database may be coming back too
         log.info("caught up %d changes after offset %d", len(changes), since)
-        self._hub.catch_up(changes)
+        self._hub.catch_up(changes, losses)
 
     async def close(self) -> None:
         for task in list(self._tasks):

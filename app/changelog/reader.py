@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.changelog.record import change_from_row, change_tags, changes
@@ -28,6 +28,9 @@ class Backlog:
     offset: int  # the log's current end
     recovered: bool  # False: what was asked for is no longer (or not yet) in the log
     changes: list[Change] = field(default_factory=list)
+    # Per post of changes, the newest version the subscription got (or gets) live through
+    # the tags it already held: an older one from the backlog would go back in time.
+    superseded: dict[int, int] = field(default_factory=dict)
 
 
 class ChangeLog:
@@ -37,11 +40,14 @@ class ChangeLog:
         self._max_backlog = max_backlog
         self._postgresql = engine.dialect.name == "postgresql"
 
-    async def read(self, tag: str, since: int | None) -> Backlog:
-        """The current offset and, when since is given, tag's changes after it, in order."""
+    async def read(
+        self, tag: str, since: int | None, held: dict[str, int] | None = None
+    ) -> Backlog:
+        """The current offset and, when since is given, tag's changes after it, in order.
+        held: the tags the subscription already follows, each with its floor."""
         if since is None:  # a plain subscribe: one query, no snapshot to hold
             async with self._engine.connect() as conn:
-                current, _pruned = await self._end(conn)
+                current, _pruned = await self.end(conn)
             return Backlog(current, recovered=True)
         async with self._engine.connect() as conn:
             if self._postgresql:
@@ -49,10 +55,15 @@ class ChangeLog:
                 # take rows away from a backlog already declared complete.
                 conn = await conn.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
-                return await self._read(conn, tag, since)
+                backlog = await self._read(conn, tag, since)
+                if not held or not backlog.changes:
+                    return backlog
+                pks = {change.pk for change in backlog.changes}
+                superseded = await self._newest_live(conn, pks, held, backlog.offset)
+                return Backlog(backlog.offset, backlog.recovered, backlog.changes, superseded)
 
     @staticmethod
-    async def _end(conn: AsyncConnection) -> tuple[int, int]:
+    async def end(conn: AsyncConnection) -> tuple[int, int]:
         """The log's current end, and up to where pruning by age reached."""
         pruned_upto = (
             select(horizons.c.pruned_upto).where(horizons.c.tag == ALL_TAGS).scalar_subquery()
@@ -61,7 +72,7 @@ class ChangeLog:
         return max(newest or 0, pruned or 0), pruned or 0
 
     async def _read(self, conn: AsyncConnection, tag: str, since: int) -> Backlog:
-        current, pruned = await self._end(conn)
+        current, pruned = await self.end(conn)
         tag_pruned = (
             await conn.execute(select(horizons.c.pruned_upto).where(horizons.c.tag == tag))
         ).scalar() or 0
@@ -79,6 +90,26 @@ class ChangeLog:
         if len(rows) > self._max_backlog:
             return Backlog(current, recovered=False)
         return Backlog(current, recovered=True, changes=[change_from_row(row) for row in rows])
+
+    @staticmethod
+    async def _newest_live(
+        conn: AsyncConnection, pks: set[int], held: dict[str, int], end: int
+    ) -> dict[int, int]:
+        """Per post, the newest version up to end that touched a held tag above its floor:
+        the hub hands those to the subscription live (or did already)."""
+        above_floor = or_(
+            *(
+                and_(change_tags.c.tag == tag, change_tags.c.change_id > floor)
+                for tag, floor in held.items()
+            )
+        )
+        rows = await conn.execute(
+            select(changes.c.post_id, func.max(changes.c.version))
+            .join(change_tags, change_tags.c.change_id == changes.c.id)
+            .where(changes.c.post_id.in_(sorted(pks)), changes.c.id <= end, above_floor)
+            .group_by(changes.c.post_id)
+        )
+        return {int(pk): int(version) for pk, version in rows}
 
     async def read_tags(
         self, tags: frozenset[str], since: int, limit: int = 10_000

@@ -3,44 +3,67 @@
 Used by WebSocket subscriptions and the SSE stream alike. While the backlog is read, the
 subscription's live events wait in its replay list; then both go out in offset order with
 every offset once, so a change that is in the backlog and also arrived live is sent once.
+
+The frames of that merge, and the reply (which goes out before them), carry a watermark no
+higher than the resume point, since they are not in publish order; the first live event
+after them carries the hub's.
 """
 
 from __future__ import annotations
 
-from app.changelog.reader import Backlog, ChangeLog
-from app.pubsub.change import event_action
+from dataclasses import dataclass
+
+from app.changelog.reader import ChangeLog
+from app.pubsub.change import Change, event_action
 from app.pubsub.hub import Hub, Subscription
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    offset: int  # the log's end when the subscription started
+    safe: int  # the watermark to resume from, should the connection drop from here on
+    recovered: bool  # False: since could not be honoured (reload with list)
 
 
 async def subscribe_from(
     hub: Hub, changelog: ChangeLog, subscription: Subscription, tag: str, since: int | None
-) -> Backlog:
-    """Subscribe to tag; with since, deliver tag's changes after it first. The returned
-    backlog says where the log ends and whether since could be honoured."""
+) -> Subscribed:
+    """Subscribe to tag; with since, deliver tag's changes after it first."""
     had_tag = tag in subscription.tags
+    held = hub.floors(subscription)
+    if not had_tag:
+        held.pop(tag, None)
+    # Everything at or below it reached this subscription before the merge's frames.
+    safe = hub.safe if since is None else min(hub.safe, since)
     subscription.replay = []
     try:
         await hub.subscribe(subscription, tag)
-        backlog = await changelog.read(tag, since)
+        backlog = await changelog.read(tag, since, held)
     except BaseException:
         live, subscription.replay = subscription.replay or [], None
-        for _offset, frame in live:
-            subscription.deliver(frame)
+        _deliver(subscription, {change.offset: (change, action) for change, action in live}, safe)
         if not had_tag:  # no half-made subscription behind an error reply
             hub.drop(subscription, tag)
         raise
-    frames = dict(subscription.replay or ())
+    merged = {change.offset: (change, action) for change, action in subscription.replay}
     subscription.replay = None
+    # With since, the backlog holds every change up to the log's end, late ones included.
+    # A plain subscribe starts there too: a client that subscribes, then lists, has the
+    # late ones from its list (and a late create of a post deleted since is not revived).
     if since is not None or not had_tag:  # a repeated plain subscribe keeps its start
         hub.set_floor(subscription, tag, backlog.offset)
     for change in backlog.changes:
-        if change.offset in frames:
+        if change.offset in merged or change.version <= backlog.superseded.get(change.pk, 0):
             continue
         action = event_action(change.old_tags, change.new_tags, subscription.tags)
         if action is not None:
-            frames[change.offset] = subscription.frame(
-                action, change.offset, change.event_head(action)
-            )
-    for offset in sorted(frames):
-        subscription.deliver(frames[offset])
-    return backlog
+            merged[change.offset] = (change, action)
+    _deliver(subscription, merged, safe)
+    return Subscribed(backlog.offset, safe, backlog.recovered)
+
+
+def _deliver(subscription: Subscription, merged: dict[int, tuple[Change, str]], safe: int) -> None:
+    for offset in sorted(merged):
+        change, action = merged[offset]
+        head = change.event_head(action, safe)
+        subscription.deliver(subscription.frame(action, offset, safe, head))

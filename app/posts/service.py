@@ -175,6 +175,7 @@ class PostService:
         This is the fast path; should it not happen (the process dies, the broker is down),
         the relay publishes the logged change instead."""
         if not old and not new:
+            self._on_published(offset)  # nothing to send, and nothing to wait for either
             return
         if self._kill_marker and self._kill_marker in data.get("body", ""):
             os.kill(os.getpid(), signal.SIGKILL)

@@ -154,10 +154,11 @@ def _since(request: dict[str, Any]) -> int | None:
 
 async def subscribe_to_hashtag(session: Session, request: dict[str, Any]) -> Result:
     tag, since = _hashtag(session, request), _since(request)
-    backlog = await session.subscribe(tag, since)
+    subscribed = await session.subscribe(tag, since)
     if since is None:
-        return {"offset": backlog.offset}, 201
-    return {"offset": backlog.offset, "recovered": backlog.recovered}, 201
+        return {"offset": subscribed.offset, "safe": subscribed.safe}, 201
+    reply = {"offset": subscribed.offset, "safe": subscribed.safe}
+    return reply | {"recovered": subscribed.recovered}, 201
 
 
 async def unsubscribe_from_hashtag(session: Session, request: dict[str, Any]) -> Result:

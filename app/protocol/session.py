@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from app.accounts.service import AccountService, Identity
-from app.changelog.reader import Backlog, ChangeLog
-from app.changelog.resume import subscribe_from
+from app.changelog.reader import ChangeLog
+from app.changelog.resume import Subscribed, subscribe_from
 from app.config import Settings
 from app.db import is_unavailable
 from app.logs import bind_log_fields
@@ -190,7 +190,7 @@ class Session:
         bind_log_fields(user_id=identity.user_id)
         return True
 
-    async def subscribe(self, tag: str, since: int | None = None) -> Backlog:
+    async def subscribe(self, tag: str, since: int | None = None) -> Subscribed:
         """Subscribe under this request's id; with since, missed changes come first."""
         subscription = self._subscriptions.get(self._key)
         held = sum(len(s.tags) for s in self._subscriptions.values())

@@ -6,7 +6,7 @@ Brokers only move bytes; which local connection gets what is the hub's business.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from app.config import Settings
@@ -19,13 +19,18 @@ class BrokerUnavailable(RuntimeError):
 
 
 class Broker(ABC):
+    # Called when the connection that delivers messages is lost: from then on, messages may
+    # be missing until on_resync.
+    on_lost: Callable[[], None] | None = None
     # Called once the subscriptions are confirmed again after the broker connection was lost:
     # whatever was published meanwhile never arrived (the hub catches up from the change log).
     on_resync: Callable[[], None] | None = None
 
     @abstractmethod
-    async def start(self, handler: MessageHandler) -> None:
-        """Begin delivering messages of subscribed channels to handler(channel, data)."""
+    async def start(self, handler: MessageHandler, standing: Iterable[str] = ()) -> None:
+        """Begin delivering messages of subscribed channels to handler(channel, data).
+        The standing channels stay subscribed for the broker's life, from whenever it can
+        (nothing waits for their confirmation)."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -27,13 +27,14 @@ class Change:
         """Every hashtag the change touches: a message goes to each one's channel."""
         return self.old_tags | self.new_tags
 
-    def event_head(self, action: str) -> str:
+    def event_head(self, action: str, safe: int) -> str:
         """An event without its request_id value and closing brace (each subscription
-        appends its own): built once per action, whatever the number of subscribers."""
+        appends its own): built once per action, whatever the number of subscribers.
+        safe is the resume watermark the event carries (app/pubsub/hub.py)."""
         data = f'{{"pk":{self.pk}}}' if action == "delete" else self.data_json
         return (
             f'{{"action":"{action}","pk":{self.pk},"data":{data},'
-            f'"offset":{self.offset},"request_id":'
+            f'"offset":{self.offset},"safe":{safe},"request_id":'
         )
 
     def encode(self) -> bytes:

@@ -6,3 +6,9 @@ from __future__ import annotations
 def channel_for(prefix: str, tag: str) -> str:
     """`<prefix>:tag:<tag>`; the prefix lets two deployments share one Redis."""
     return f"{prefix}:tag:{tag}"
+
+
+def watermark_channel(prefix: str) -> str:
+    """`<prefix>:safe`: the relays' resume watermark, which every worker follows (no hashtag
+    channel can be named so)."""
+    return f"{prefix}:safe"

@@ -3,6 +3,12 @@
 The broker is told to subscribe on a tag's first local subscription and to unsubscribe on its
 last (reference counted through the index). Every change message is turned into event frames
 here, once per distinct frame, and handed to the subscriptions' connections.
+
+Each event carries the resume watermark `safe`: every change at or below it has been
+published, and so (the broker keeps each connection's messages in publish order) has already
+been handed out here. The relays compute it (app/changelog/watermark.py) and publish it on
+the broker behind those changes; the hub only takes it from there, and holds it still from
+the moment its broker connection is lost until the catch-up from the log has run.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Callable
 
 from app.pubsub.broker import Broker
 from app.pubsub.change import Change, event_action
-from app.pubsub.channels import channel_for
+from app.pubsub.channels import channel_for, watermark_channel
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +42,15 @@ class Subscription:
         self.stream_json = stream_json
         self.deliver = deliver
         self.tags: set[str] = set()
-        # While a resume reads the backlog, live events wait here as (offset, frame), to be
-        # merged with it by offset (app/protocol/resume.py).
-        self.replay: list[tuple[int, str]] | None = None
+        # While a subscribe reads the log, live events wait here as (change, action), to be
+        # merged with its backlog by offset (app/changelog/resume.py).
+        self.replay: list[tuple[Change, str]] | None = None
         # Subscriptions with equal keys get the same frame for the same event.
         self.frame_key: tuple[str | None, ...] = (request_id_json, stream_json)
 
-    def frame(self, action: str, offset: int, event_head: str) -> str:
-        """The event frame for this subscription, from the shared head of the event."""
+    def frame(self, action: str, offset: int, safe: int, event_head: str) -> str:
+        """The event frame for this subscription, from the shared head of the event (which
+        holds offset and safe already)."""
         event = event_head + self.request_id_json + "}"
         if self.stream_json is None:
             return event
@@ -62,9 +69,50 @@ class Hub:
         self._versions: OrderedDict[int, int] = OrderedDict()
         self._background: set[asyncio.Task[None]] = set()
         self.last_offset = 0  # the highest offset that came through here
+        self._watermark_channel = watermark_channel(channel_prefix)
+        # The watermark events carry; while held (after a broker loss, until the catch-up),
+        # what arrives is kept in _held_safe instead.
+        self.safe = 0
+        self._held_safe: int | None = None
+        # Changes that arrived after a broker loss, until the catch-up merges them with what
+        # it reads from the log (so subscribers get them in offset order).
+        self._arrived: list[Change] | None = None
+        self.losses = 0  # broker losses so far: a catch-up covers those before it began
 
-    async def start(self) -> None:
-        await self._broker.start(self.on_message)
+    async def start(self, safe: int = 0) -> None:
+        """Start with the watermark read from the log (valid: nothing is subscribed yet)."""
+        self.safe = safe
+        await self._broker.start(self.on_message, standing=[self._watermark_channel])
+
+    def broker_lost(self) -> None:
+        """Messages published from now on may be missing, until a catch-up from the log:
+        hold the watermark still, and keep what arrives for the catch-up to merge."""
+        self.losses += 1
+        if self._held_safe is None:
+            self._held_safe = self.safe
+        if self._arrived is None:
+            self._arrived = []
+
+    def catch_up(self, changes: list[Change], losses: int) -> None:
+        """Deliver changes read back from the log after a broker loss, merged by offset with
+        those that arrived since: what was delivered already is dropped by version, as are
+        subscriptions' pasts. Then the watermark moves again, unless the broker was lost
+        again after the catch-up began (losses: the count then)."""
+        merged = {change.offset: change for change in self._arrived or ()}
+        merged.update((change.offset, change) for change in changes)
+        lost_again = losses != self.losses
+        self._arrived = [] if lost_again else None
+        for offset in sorted(merged):
+            self._deliver(merged[offset])
+        if not lost_again and self._held_safe is not None:
+            self.safe, self._held_safe = max(self.safe, self._held_safe), None
+
+    def catch_up_failed(self) -> None:
+        """The log could not be read: deliver what arrived; the watermark stays held (a
+        client resuming from it gets what this worker missed)."""
+        arrived, self._arrived = self._arrived or [], None
+        for change in arrived:
+            self._deliver(change)
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -95,10 +143,15 @@ class Hub:
         if members is not None and subscription in members:
             members[subscription] = offset
 
+    def floors(self, subscription: Subscription) -> dict[str, int]:
+        """The subscription's tags, each with its floor."""
+        return {tag: self._index[tag][subscription] for tag in subscription.tags}
+
     def floor(self) -> int:
-        """Where a catch-up must start so no local subscription misses a change."""
+        """Where a catch-up must start so no local subscription misses a change: everything
+        up to the watermark arrived before the outage."""
         floors = [f for members in self._index.values() for f in members.values()]
-        return max(self.last_offset, min(floors, default=self.last_offset))
+        return max(self.safe, min(floors, default=self.safe))
 
     async def unsubscribe(self, subscription: Subscription, tag: str) -> None:
         """Remove tag from the subscription; the last one out drops the channel."""
@@ -161,21 +214,28 @@ class Hub:
             # Removed by the task itself, so whoever wakes on it sees the new state.
             del self._pending[tag]
 
-    def on_message(self, _channel: str, message: bytes) -> None:
+    def on_message(self, channel: str, message: bytes) -> None:
         """A change arrived from the broker: deliver one event per interested subscription."""
+        if channel == self._watermark_channel:
+            self._on_watermark(int(message))
+            return
         change = Change.decode(message)
+        if self._arrived is not None:
+            self._arrived.append(change)
+            return
+        self._deliver(change)
+
+    def _deliver(self, change: Change) -> None:
         if change.offset > self.last_offset:
             self.last_offset = change.offset
         if self._is_new(change):
             self._fan_out(change, self._targets(change))
 
-    def catch_up(self, changes: list[Change]) -> None:
-        """Deliver changes read back from the log after a broker outage, in offset order:
-        what arrived live already is dropped by version, as are subscriptions' pasts."""
-        for change in changes:
-            if self._is_new(change):
-                self._fan_out(change, self._targets(change))
-            self.last_offset = max(self.last_offset, change.offset)
+    def _on_watermark(self, safe: int) -> None:
+        if self._held_safe is not None:
+            self._held_safe = max(self._held_safe, safe)
+        elif safe > self.safe:
+            self.safe = safe
 
     def _targets(self, change: Change) -> dict[Subscription, int]:
         """The subscriptions of the change's tags, each with its lowest floor among them.
@@ -204,18 +264,18 @@ class Hub:
             action = event_action(change.old_tags, change.new_tags, subscription.tags)
             if action is None:
                 continue
+            if subscription.replay is not None:
+                subscription.replay.append((change, action))
+                continue
             head = heads.get(action)
             if head is None:
-                head = heads[action] = change.event_head(action)
+                head = heads[action] = change.event_head(action, self.safe)
             # Subscribers sharing a request_id and framing share one frame string.
             key = (action, subscription.frame_key)
             frame = frames.get(key)
             if frame is None:
-                frame = frames[key] = subscription.frame(action, change.offset, head)
-            if subscription.replay is None:
-                subscription.deliver(frame)
-            else:
-                subscription.replay.append((change.offset, frame))
+                frame = frames[key] = subscription.frame(action, offset, self.safe, head)
+            subscription.deliver(frame)
 
     def _is_new(self, change: Change) -> bool:
         seen = self._versions.get(change.pk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from app.pubsub.broker import Broker, MessageHandler
 
@@ -14,8 +15,9 @@ class MemoryBroker(Broker):
         self._handler: MessageHandler | None = None
         self._channels: set[str] = set()
 
-    async def start(self, handler: MessageHandler) -> None:
+    async def start(self, handler: MessageHandler, standing: Iterable[str] = ()) -> None:
         self._handler = handler
+        self._channels.update(standing)
 
     async def close(self) -> None:
         self._handler = None

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
@@ -52,8 +53,9 @@ class RedisBroker(Broker):
         self.down_since: float | None = None
         self._resync_pending = False
 
-    async def start(self, handler: MessageHandler) -> None:
+    async def start(self, handler: MessageHandler, standing: Iterable[str] = ()) -> None:
         self._handler = handler
+        self._wanted.update(standing)  # the listener subscribes them whenever it connects
         self._task = asyncio.get_running_loop().create_task(self._listen_forever())
 
     async def close(self) -> None:
@@ -225,6 +227,8 @@ class RedisBroker(Broker):
             self.disconnects += 1
             if self.down_since is None:
                 self.down_since = time.monotonic()
+                if self.on_lost is not None:
+                    self.on_lost()
             log.warning("redis listener lost (%r); reconnecting", error)
         self._connected.clear()
         for waiters in self._waiters.values():

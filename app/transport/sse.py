@@ -3,7 +3,7 @@
 The same subscription machinery as a WebSocket subscription (request_id null): the hub
 formats each event once for all SSE streams, `Last-Event-ID` resumes like `since`, and the
 stream's queue is bounded like a socket's (overflow ends the stream; the client's automatic
-reconnect resumes from its last id, so nothing is lost).
+reconnect resumes from the last watermark it was given, so nothing is lost).
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ _SSE_FRAME_KEY = ("sse",)
 
 
 class SseSubscription(Subscription):
-    """A subscription whose frames are SSE messages: id = offset, event = action."""
+    """A subscription whose frames are SSE messages: id = offset, event = action, then an
+    id-only message holding the watermark. The event's `lastEventId` is its offset, while
+    the id a browser sends when it reconnects is the watermark: a resume from the offset
+    could miss a change published late."""
 
     __slots__ = ()
 
@@ -47,8 +50,8 @@ class SseSubscription(Subscription):
         super().__init__("null", None, deliver)
         self.frame_key = _SSE_FRAME_KEY  # every SSE stream shares the same text per event
 
-    def frame(self, action: str, offset: int, event_head: str) -> str:
-        return f"id: {offset}\nevent: {action}\ndata: {event_head}null}}\n\n"
+    def frame(self, action: str, offset: int, safe: int, event_head: str) -> str:
+        return f"id: {offset}\nevent: {action}\ndata: {event_head}null}}\n\nid: {safe}\n\n"
 
 
 class EventStream(Response):
@@ -64,6 +67,7 @@ class EventStream(Response):
         ticket: Ticket,
         identity: Identity,
         headers: dict[str, str],
+        safe: int,
     ) -> None:  # no super().__init__: it would add a Content-Length
         self._runtime = runtime
         self._subscription = subscription
@@ -71,6 +75,7 @@ class EventStream(Response):
         self._outgoing = outgoing
         self._ticket = ticket
         self._identity = identity
+        self._safe = safe
         self.status_code = 200
         self.background = None
         self.raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
@@ -102,8 +107,10 @@ class EventStream(Response):
 
     async def _pump(self, send: Send) -> None:
         keepalive = self._runtime.settings.sse_keepalive_seconds
-        # A comment first: the client sees the stream open at once, before any event.
-        await send({"type": "http.response.body", "body": b": subscribed\n\n", "more_body": True})
+        # A comment first: the client sees the stream open at once, before any event; and
+        # the watermark as the id to come back with, should it reconnect before any event.
+        opening = f": subscribed\nid: {self._safe}\n\n".encode()
+        await send({"type": "http.response.body", "body": opening, "more_body": True})
         while True:
             left = self._identity.expires_at - time.time()
             if left <= 0:
@@ -134,13 +141,16 @@ def _identity_token(authorization: str | None, token: str | None) -> str | None:
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "An endless `text/event-stream`: `id:` the offset, `event:` the action, "
-        "`data:` the event JSON (request_id null); `: keep-alive` comments in between. "
-        "Headers X-Livepost-Offset and X-Livepost-Recovered answer like the subscribe reply.",
+        "`data:` the event JSON (request_id null), then an id-only message with the resume "
+        "watermark (what a reconnecting client sends back as Last-Event-ID); `: keep-alive` "
+        "comments in between. Headers X-Livepost-Offset, X-Livepost-Safe and "
+        "X-Livepost-Recovered answer like the subscribe reply.",
         "content": {
             "text/event-stream": {
                 "example": 'id: 57\nevent: create\ndata: {"action":"create","pk":23,'
                 '"data":{"pk":23,"author":4,"body":"Hello #python","created_at":'
-                '"2020-05-31T00:46:33+00:00","version":1},"offset":57,"request_id":null}\n\n'
+                '"2020-05-31T00:46:33+00:00","version":1},"offset":57,"safe":57,"request_id":null}\n\n'
+                "id: 57\n\n"
             }
         },
     },
@@ -164,7 +174,11 @@ async def hashtag_events(
     token: Annotated[str | None, Query(description="The JWT, when no header can be set.")] = None,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
     last_event_id: Annotated[
-        str | None, Header(alias="Last-Event-ID", description="Resume after this offset.")
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            description="Resume after this watermark (the id the stream gave last).",
+        ),
     ] = None,
 ) -> Response:
     raw_token = _identity_token(authorization, token)
@@ -197,7 +211,9 @@ async def hashtag_events(
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "Too many connections.")
     subscription = SseSubscription(outgoing.put_event)
     try:
-        backlog = await subscribe_from(runtime.hub, runtime.changelog, subscription, hashtag, since)
+        subscribed = await subscribe_from(
+            runtime.hub, runtime.changelog, subscription, hashtag, since
+        )
     except BaseException as error:
         runtime.admission.release(ticket)
         if isinstance(error, BrokerUnavailable) or (
@@ -211,8 +227,11 @@ async def hashtag_events(
         "Content-Type": "text/event-stream; charset=utf-8",
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",  # nginx: pass each event on at once
-        "X-Livepost-Offset": str(backlog.offset),
+        "X-Livepost-Offset": str(subscribed.offset),
+        "X-Livepost-Safe": str(subscribed.safe),
     }
     if since is not None:
-        headers["X-Livepost-Recovered"] = "true" if backlog.recovered else "false"
-    return EventStream(runtime, subscription, hashtag, outgoing, ticket, identity, headers)
+        headers["X-Livepost-Recovered"] = "true" if subscribed.recovered else "false"
+    return EventStream(
+        runtime, subscription, hashtag, outgoing, ticket, identity, headers, subscribed.safe
+    )
