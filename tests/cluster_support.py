@@ -66,11 +66,12 @@ def running_cluster(
     nginx: bool,
     prefix: str | None = None,
     settings: dict[str, str] | None = None,
+    worker_env: dict[int, dict[str, str]] | None = None,
 ) -> Iterator[Cluster]:
     """A started Cluster of `workers` processes on a fresh database, stopped afterwards.
 
     redis_url defaults to the shared test Redis; prefix, when given, is its CHANNEL_PREFIX;
-    settings are more environment variables for the workers.
+    settings are more environment variables for the workers, worker_env for single ones.
     Skips (or fails under LIVEPOST_REQUIRE_SERVICES=1) without PostgreSQL and Redis."""
     pg_url, shared_redis_url = require_services()
     with fresh_database(pg_url) as database_url:
@@ -82,7 +83,7 @@ def running_cluster(
         if prefix is not None:
             env["CHANNEL_PREFIX"] = prefix
         env |= settings or {}
-        deployment = Cluster(workers, env, nginx=nginx)
+        deployment = Cluster(workers, env, nginx=nginx, worker_env=worker_env)
         try:
             deployment.start()
             yield deployment

@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import uvicorn
 import websockets
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -370,3 +372,54 @@ async def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> C
             await process.wait()
     assert process.returncode is not None
     return CliResult(process.returncode, stdout.decode(), stderr.decode())
+
+
+# ---- actions over a socket, each checking its reply -------------------------------------
+
+
+async def resume(client: WsClient, tag: str, since: Any, request_id: Any) -> dict[str, Any]:
+    """subscribe_to_hashtag with since; returns the reply's data after checking its shape."""
+    reply = await client.ask(
+        {"action": "subscribe_to_hashtag", "hashtag": tag, "since": since, "request_id": request_id}
+    )
+    data = reply["data"]
+    assert reply == ok("subscribe_to_hashtag", data, request_id, 201), reply
+    assert set(data) == {"offset", "safe", "recovered"} and isinstance(data["offset"], int), data
+    # The frames of the resume come after the reply, so its watermark is no higher than since.
+    assert isinstance(data["safe"], int) and 0 <= data["safe"] <= min(since, data["offset"]), data
+    return dict(data)
+
+
+async def create(client: WsClient, body: str) -> dict[str, Any]:
+    reply = await client.ask({"action": "create", "data": {"body": body}, "request_id": "w"})
+    assert reply["response_status"] == 201, reply
+    return dict(reply["data"])
+
+
+async def edit(client: WsClient, pk: int, body: str) -> dict[str, Any]:
+    reply = await client.ask(
+        {"action": "patch", "pk": pk, "data": {"body": body}, "request_id": "w"}
+    )
+    assert reply["response_status"] == 200, reply
+    return dict(reply["data"])
+
+
+async def remove(client: WsClient, pk: int) -> None:
+    reply = await client.ask({"action": "delete", "pk": pk, "request_id": "w"})
+    assert reply["response_status"] == 204, reply
+
+
+async def next_event(client: WsClient) -> dict[str, Any]:
+    frame = await client.recv()
+    assert "response_status" not in frame, frame
+    return dict(frame)
+
+
+async def query(database_url: str, sql: str, **params: Any) -> list[Any]:
+    """Rows of one statement, read on a connection of the test's own."""
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            return list((await conn.execute(text(sql), params)).all())
+    finally:
+        await engine.dispose()

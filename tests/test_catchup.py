@@ -9,8 +9,8 @@ from redis.asyncio import Redis
 
 from app.pubsub.redis import RedisBroker
 from tests.cluster_support import RedisServer
-from tests.support import Stack, barrier, event, subscribe, unique
-from tests.test_changelog import create, database_client, log_rows, next_event
+from tests.support import Stack, barrier, create, event, next_event, subscribe, unique
+from tests.test_changelog import database_client, log_rows
 
 
 async def test_redis_broker_resyncs_once_resubscribed(redis_server: RedisServer) -> None:

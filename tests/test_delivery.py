@@ -20,8 +20,7 @@ import pytest
 
 from app.cli.cluster import Cluster
 from tests.cluster_support import RedisServer, running_cluster
-from tests.support import Endpoint, barrier, event, subscribe, unique
-from tests.test_changelog import create, resume
+from tests.support import Endpoint, barrier, create, event, resume, subscribe, unique
 from tests.test_sse import rest_create, stream
 
 KILL_MARKER = "kill-me-after-commit"

@@ -30,9 +30,7 @@ async def subscribe_from(
 ) -> Subscribed:
     """Subscribe to tag; with since, deliver tag's changes after it first."""
     had_tag = tag in subscription.tags
-    held = hub.floors(subscription)
-    if not had_tag:
-        held.pop(tag, None)
+    held = hub.received_after(subscription)
     # Everything at or below it reached this subscription before the merge's frames.
     safe = hub.safe if since is None else min(hub.safe, since)
     subscription.replay = []
@@ -52,12 +50,25 @@ async def subscribe_from(
     # late ones from its list (and a late create of a post deleted since is not revived).
     if since is not None or not had_tag:  # a repeated plain subscribe keeps its start
         hub.set_floor(subscription, tag, backlog.offset)
+    if since is not None:
+        origins = subscription.origins or {}
+        subscription.origins = origins | {tag: min(since, origins.get(tag, since))}
+    held_tags = set(held)
     for change in backlog.changes:
-        if change.offset in merged or change.version <= backlog.superseded.get(change.pk, 0):
+        if change.offset in merged:
             continue
         action = event_action(change.old_tags, change.new_tags, subscription.tags)
-        if action is not None:
-            merged[change.offset] = (change, action)
+        if action is None:
+            continue
+        had = backlog.superseded.get(change.pk, 0)
+        if change.version < had:
+            continue  # it has a newer version of the post already
+        if change.version == had and _removes(action) == _removes(
+            event_action(change.old_tags, change.new_tags, held_tags)
+        ):
+            continue  # it has this very change; with fewer tags it may have been a delete
+            # (the post moved between two of its tags), which this event now corrects
+        merged[change.offset] = (change, action)
     _deliver(subscription, merged, safe)
     return Subscribed(backlog.offset, safe, backlog.recovered)
 
@@ -67,3 +78,7 @@ def _deliver(subscription: Subscription, merged: dict[int, tuple[Change, str]], 
         change, action = merged[offset]
         head = change.event_head(action, safe)
         subscription.deliver(subscription.frame(action, offset, safe, head))
+
+
+def _removes(action: str | None) -> bool:
+    return action == "delete"

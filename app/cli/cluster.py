@@ -51,10 +51,14 @@ class Cluster:
         lb_port: int | None = None,
         nginx: bool = True,
         run_dir: Path | None = None,
+        worker_env: dict[int, dict[str, str]] | None = None,
     ) -> None:
+        """worker_env: more environment for single workers, by index (the tests give each
+        worker its own way to Redis)."""
         if not env.get("REDIS_URL"):
             raise ValueError("a cluster needs REDIS_URL: workers share events through Redis")
         self.env = {**os.environ, **env}
+        self.worker_env = worker_env or {}
         # The workers' settings: this process's environment with env on top, as they get it.
         overrides: dict[str, Any] = {k.lower(): v for k, v in env.items() if k.lower() in _FIELDS}
         self.settings = Settings(**overrides)
@@ -103,7 +107,8 @@ class Cluster:
                     "--timeout-graceful-shutdown",
                     str(int(self.settings.shutdown_grace_seconds) + 5),
                 ],
-                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env | self.worker_env.get(index, {}),
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
     def wait_ready(self, url: str, deadline: float, path: str = "/readyz") -> None:

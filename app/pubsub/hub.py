@@ -24,16 +24,21 @@ from app.pubsub.channels import channel_for, watermark_channel
 
 log = logging.getLogger(__name__)
 
-# Highest version seen per post, so copies of a change arriving on several channels and stale
-# versions arriving late are dropped. Bounded: a post untouched for this many later changes is
-# forgotten, which only matters if one of its old versions were still in flight by then.
+# The versions handed out lately per post, so copies of a change arriving on several channels
+# are dropped, and a version arriving late reaches only subscriptions that got nothing newer.
+# Bounded: a post untouched for this many later changes is forgotten, and only its last few
+# versions are kept, which only matters if an old version were still in flight by then.
 VERSION_MEMORY = 100_000
+VERSION_HISTORY = 4
+NOTHING: frozenset[str] = frozenset()
 
 
 class Subscription:
     """The hashtags one connection subscribed under one request_id (and framing)."""
 
-    __slots__ = ("deliver", "frame_key", "replay", "request_id_json", "stream_json", "tags")
+    __slots__ = (
+        "deliver", "frame_key", "origins", "replay", "request_id_json", "stream_json", "tags",
+    )  # fmt: skip
 
     def __init__(
         self, request_id_json: str, stream_json: str | None, deliver: Callable[[str], None]
@@ -45,6 +50,9 @@ class Subscription:
         # While a subscribe reads the log, live events wait here as (change, action), to be
         # merged with its backlog by offset (app/changelog/resume.py).
         self.replay: list[tuple[Change, str]] | None = None
+        # The resume point of each tag subscribed with since: it has every change of the tag
+        # after it (from the backlog, then live). None until a resume.
+        self.origins: dict[str, int] | None = None
         # Subscriptions with equal keys get the same frame for the same event.
         self.frame_key: tuple[str | None, ...] = (request_id_json, stream_json)
 
@@ -66,7 +74,8 @@ class Hub:
         self._index: dict[str, dict[Subscription, int]] = {}
         self._active: set[str] = set()
         self._pending: dict[str, asyncio.Task[None]] = {}
-        self._versions: OrderedDict[int, int] = OrderedDict()
+        # Per post, (version, hashtags touched) of the versions handed out, oldest first.
+        self._versions: OrderedDict[int, tuple[tuple[int, frozenset[str]], ...]] = OrderedDict()
         self._background: set[asyncio.Task[None]] = set()
         self.last_offset = 0  # the highest offset that came through here
         self._watermark_channel = watermark_channel(channel_prefix)
@@ -143,9 +152,15 @@ class Hub:
         if members is not None and subscription in members:
             members[subscription] = offset
 
-    def floors(self, subscription: Subscription) -> dict[str, int]:
-        """The subscription's tags, each with its floor."""
-        return {tag: self._index[tag][subscription] for tag in subscription.tags}
+    def received_after(self, subscription: Subscription) -> dict[str, int]:
+        """The subscription's tags, each with the offset after which it got every change of
+        the tag: its resume point, or for a plain subscribe its floor."""
+        origins = subscription.origins or {}
+        return {
+            tag: min(floor, origins.get(tag, floor))
+            for tag in subscription.tags
+            for floor in (self._index[tag][subscription],)
+        }
 
     def floor(self) -> int:
         """Where a catch-up must start so no local subscription misses a change: everything
@@ -171,6 +186,8 @@ class Hub:
     def _remove(self, subscription: Subscription, tag: str) -> bool:
         """Remove one tag; True when that left the tag without local subscriptions."""
         subscription.tags.discard(tag)
+        if subscription.origins is not None:
+            subscription.origins.pop(tag, None)
         members = self._index.get(tag)
         if members is None or subscription not in members:
             return False
@@ -228,8 +245,9 @@ class Hub:
     def _deliver(self, change: Change) -> None:
         if change.offset > self.last_offset:
             self.last_offset = change.offset
-        if self._is_new(change):
-            self._fan_out(change, self._targets(change))
+        excluded = self._excluded(change)
+        if excluded is not None:
+            self._fan_out(change, self._targets(change), excluded)
 
     def _on_watermark(self, safe: int) -> None:
         if self._held_safe is not None:
@@ -252,7 +270,9 @@ class Hub:
                     targets[subscription] = floor
         return targets
 
-    def _fan_out(self, change: Change, targets: dict[Subscription, int]) -> None:
+    def _fan_out(
+        self, change: Change, targets: dict[Subscription, int], excluded: frozenset[str]
+    ) -> None:
         heads: dict[str, str] = {}
         frames: dict[tuple[str, tuple[str | None, ...]], str] = {}
         offset = change.offset
@@ -261,6 +281,8 @@ class Hub:
             # already brought it, when asked for).
             if offset <= floor:
                 continue
+            if excluded and not subscription.tags.isdisjoint(excluded):
+                continue  # a late version: this subscription has a newer one
             action = event_action(change.old_tags, change.new_tags, subscription.tags)
             if action is None:
                 continue
@@ -277,15 +299,31 @@ class Hub:
                 frame = frames[key] = subscription.frame(action, offset, self.safe, head)
             subscription.deliver(frame)
 
-    def _is_new(self, change: Change) -> bool:
-        seen = self._versions.get(change.pk)
-        if seen is not None and seen >= change.version:
-            return False
-        self._versions[change.pk] = change.version
-        self._versions.move_to_end(change.pk)
-        if len(self._versions) > VERSION_MEMORY:
-            self._versions.popitem(last=False)
-        return True
+    def _excluded(self, change: Change) -> frozenset[str] | None:
+        """None: drop the change (a copy of one handed out, or too old to judge). Otherwise
+        the hashtags whose subscriptions must not get it: those of newer versions handed out
+        already (a late version must not overwrite a newer one)."""
+        pk, version = change.pk, change.version
+        history = self._versions.get(pk)
+        entry = (version, change.tags)
+        if history is None or version > history[-1][0]:  # the usual case: the newest yet
+            self._versions[pk] = (
+                (entry,) if history is None else (*history, entry)[-VERSION_HISTORY:]
+            )
+            self._versions.move_to_end(pk)
+            if len(self._versions) > VERSION_MEMORY:
+                self._versions.popitem(last=False)
+            return NOTHING
+        if len(history) == VERSION_HISTORY and version < history[0][0]:
+            return None
+        newer: set[str] = set()
+        for seen, tags in history:
+            if seen == version:
+                return None
+            if seen > version:
+                newer |= tags
+        self._versions[pk] = tuple(sorted((*history, entry)))[-VERSION_HISTORY:]
+        return frozenset(newer)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
