@@ -18,19 +18,22 @@ def log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
-def ensure_venv(path: Path, packages: list[str]) -> Path:
-    """A virtualenv at path with packages installed (from PyPI); returns its python."""
+def ensure_venv(path: Path, requirements: Path) -> Path:
+    """A virtualenv at path with the pinned requirements file installed (from PyPI); reused
+    while the file is unchanged. Returns its python."""
     python = path / "bin" / "python"
-    marker = path / ".bench-packages"
-    if python.exists() and marker.exists() and json.loads(marker.read_text()) == packages:
+    marker = path / ".bench-requirements"
+    wanted = requirements.read_text()
+    if python.exists() and marker.exists() and marker.read_text() == wanted:
         return python
-    log(f"creating {path} with {' '.join(packages)}")
+    log(f"creating {path} with {requirements.name}")
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(path)], check=True)
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *packages],
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         "-r", str(requirements)],
         check=True,
-    )
-    marker.write_text(json.dumps(packages))
+    )  # fmt: skip
+    marker.write_text(wanted)
     return python
 
 

@@ -27,7 +27,9 @@ from bench.provision import (
 from bench.wsclient import Endpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-BASELINES = Path(os.environ.get("LIVEPOST_BASELINES", ROOT.parent / "shared" / "baselines"))
+# The comparison systems, in the repository (bench/baselines/<name>); LIVEPOST_BASELINES
+# names another folder holding the same <name> folders.
+BASELINES = Path(__file__).resolve().parent / "baselines"
 Headers = tuple[tuple[str, str], ...]
 START_TIMEOUT = 60.0
 
@@ -91,11 +93,18 @@ def wait_for_port(port: int, deadline: float, process: subprocess.Popen[bytes]) 
             time.sleep(0.05)
 
 
+def baseline_source(name: str) -> Path:
+    """The folder of the comparison system name: bench/baselines/<name> unless
+    LIVEPOST_BASELINES points elsewhere."""
+    return Path(os.environ.get("LIVEPOST_BASELINES") or BASELINES) / name
+
+
 def copy_baseline(name: str, scratch: Path) -> Path:
-    """A writable copy of ../shared/baselines/<name> (the shared folder is read-only)."""
-    source = BASELINES / name
+    """A copy of the baseline name in scratch, where its virtualenv, PID files and logs go,
+    so that running it leaves the source tree as it was."""
+    source = baseline_source(name)
     if not source.is_dir():
-        raise FileNotFoundError(f"baseline {source} not found (set LIVEPOST_BASELINES)")
+        raise FileNotFoundError(f"baseline {source} not found")
     destination = scratch / name
     shutil.copytree(
         source,
@@ -188,20 +197,11 @@ class LivepostTarget(Target):
 
 
 class DcrfTarget(Target):
-    """The seed's DCRF + Django Channels system, run as its README says (daphne workers on
-    ports 8001..800W through its start_workers.sh, session cookies from bench_sessions)."""
+    """The DCRF + Django Channels social network in bench/baselines/dcrf_social, run as its
+    README says (daphne workers on ports 8001..800W through its start_workers.sh, session
+    cookies from bench_sessions)."""
 
     name = "dcrf"
-    PACKAGES: ClassVar[list[str]] = [
-        "django",
-        "djangorestframework",
-        "channels",
-        "channels-redis",
-        "daphne",
-        "uvicorn",
-        "djangochannelsrestframework==1.3.0",
-        "psycopg[binary]",
-    ]
     DB: ClassVar[dict[str, str]] = {
         "PGHOST": "127.0.0.1",
         "PGPORT": "5432",
@@ -240,7 +240,7 @@ class DcrfTarget(Target):
 
     def start(self) -> None:
         self.home = copy_baseline("dcrf_social", self.scratch)
-        python = ensure_venv(self.home / ".venv", self.PACKAGES)
+        python = ensure_venv(self.home / ".venv", self.home / "requirements.txt")
         self.versions = installed_versions(
             python,
             ["django", "channels", "channels-redis", "daphne", "djangochannelsrestframework"],
@@ -315,10 +315,11 @@ class DcrfTarget(Target):
 
 
 class RawTarget(Target):
-    """The bare websockets relay: one process, no database, no broker, anonymous."""
+    """The bare websockets relay in bench/baselines/raw_relay: one process, no database, no
+    broker, anonymous."""
 
     name = "raw"
-    PACKAGES: ClassVar[list[str]] = ["websockets", "uvloop"]
+    PACKAGES: ClassVar[list[str]] = ["websockets", "uvloop"]  # the versions to record
 
     def __init__(self, scratch: Path) -> None:
         self.workers = 1
@@ -331,7 +332,7 @@ class RawTarget(Target):
         from app.cli.cluster import free_port
 
         home = copy_baseline("raw_relay", self.scratch)
-        python = ensure_venv(home / ".venv-raw", self.PACKAGES)
+        python = ensure_venv(home / ".venv-raw", home / "requirements.txt")
         self.versions = installed_versions(python, self.PACKAGES)
         self.port = free_port()
         with open(home / "server.log", "ab") as output:

@@ -1,9 +1,11 @@
 """The benchmark's smoke mode, as CI runs it: two livepost workers on PostgreSQL + Redis
-driven over real WebSockets by separate load generator processes, with no loss and no error."""
+driven over real WebSockets by separate load generator processes, with no loss and no error.
+And the comparison systems it measures livepost against are in the repository itself."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.cli.cluster import ROOT
+from bench.targets import baseline_source, copy_baseline
 from tests.cluster_support import fresh_database, require_services
 
 COMMON = {"scenario", "target", "workers", "errors"}
@@ -43,3 +46,40 @@ def test_smoke_mode_runs_every_scenario_without_loss(tmp_path: Path) -> None:
     assert fanout["posts"] == 20 and fanout["p99_ms"] is not None
     assert "| livepost |" in done.stdout  # the markdown table follows the JSON lines
     assert list(tmp_path.glob("bench-*.png")) and list(tmp_path.glob("bench-*.jsonl"))
+
+
+# What bench/targets.py and the baselines' start scripts use, per baseline.
+BASELINE_FILES = {
+    "dcrf_social": """README.md requirements.txt manage.py start_workers.sh stop_workers.sh
+        socialnet/settings.py socialnet/asgi.py socialnet/urls.py posts/models.py
+        posts/consumers.py posts/migrations/0001_initial.py
+        posts/management/commands/bench_sessions.py posts/management/commands/bench_reset.py
+        """.split(),
+    "raw_relay": "README.md requirements.txt server.py".split(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BASELINE_FILES))
+def test_baselines_are_inside_the_repository(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LIVEPOST_BASELINES", raising=False)
+    source = baseline_source(name)
+    assert source == ROOT / "bench" / "baselines" / name
+    for relative in BASELINE_FILES[name]:
+        assert (source / relative).is_file(), relative
+        if relative.endswith(".sh"):
+            assert os.access(source / relative, os.X_OK), relative
+    # Every requirement pinned, so that a rerun measures the same system.
+    for line in (source / "requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            assert "==" in line, line
+    copy = copy_baseline(name, tmp_path)  # what a run starts from
+    assert copy == tmp_path / name and (copy / "requirements.txt").is_file()
+
+
+def test_baselines_folder_can_be_overridden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LIVEPOST_BASELINES", str(tmp_path))
+    assert baseline_source("raw_relay") == tmp_path / "raw_relay"
