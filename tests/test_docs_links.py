@@ -78,13 +78,13 @@ def test_the_checker_finds_what_it_must(tmp_path: Path) -> None:
     readme.write_text(
         "[ok](docs/here.md) [anchored](docs/here.md#part) [anchor](#top) [abs](/docs/here.md)\n"
         "[web](https://example.org/x.md) [mail](mailto:a@b.c) ![img](<docs/here.md>)\n"
-        "[gone](docs/missing.md) [up](../shared/PROTOCOL.md) [sneaky](docs/../../x.md)\n"
+        "[gone](docs/missing.md) [up](../elsewhere/PROTOCOL.md) [sneaky](docs/../../x.md)\n"
         '[ref]: docs/nowhere.md\n<a href="../out.md">x</a>\n'
         "`[code](../in-code.md)`\n```\n[fenced](../in-fence.md)\n```\n"
     )
     assert broken_links(readme, tmp_path) == [
         "docs/missing.md (no such file)",
-        "../shared/PROTOCOL.md (outside the repository)",
+        "../elsewhere/PROTOCOL.md (outside the repository)",
         "docs/../../x.md (outside the repository)",
         "docs/nowhere.md (no such file)",
         "../out.md (outside the repository)",
