@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,10 +132,19 @@ class Person:
         return [line for line in self.console if "Content Security Policy" in line]
 
 
-async def open_page(browser: Browser, url: str, **context_options: Any) -> Person:
-    """A fresh browser context (its own sessionStorage) with the page open at url."""
+async def open_page(
+    browser: Browser,
+    url: str,
+    *,
+    prepare: Callable[[Page], Awaitable[None]] | None = None,
+    **context_options: Any,
+) -> Person:
+    """A fresh browser context (its own sessionStorage) with the page open at url;
+    prepare(page), when given, runs before the page loads."""
     context = await browser.new_context(**context_options)
     page = await context.new_page()
+    if prepare is not None:
+        await prepare(page)
     person = Person(page)
     page.on("console", lambda message: person.console.append(f"{message.type}: {message.text}"))
     page.on("pageerror", lambda error: person.console.append(f"pageerror: {error}"))
@@ -158,3 +167,21 @@ async def screenshot(person: Person, name: str) -> Path:
     # Animations run to their end first: a post caught sliding in would look faded.
     await person.page.screenshot(path=str(path), full_page=True, animations="disabled")
     return path
+
+
+class WorkerWatch:
+    """Which worker answered each of the page's WebSocket handshakes (the x-livepost-worker
+    header, a pid), read through the Chrome DevTools protocol."""
+
+    def __init__(self) -> None:
+        self.pids: list[int] = []
+
+    async def __call__(self, page: Page) -> None:
+        session = await page.context.new_cdp_session(page)
+        session.on("Network.webSocketHandshakeResponseReceived", self._handshake)
+        await session.send("Network.enable")
+
+    def _handshake(self, params: dict[str, Any]) -> None:
+        headers = {k.lower(): v for k, v in params["response"]["headers"].items()}
+        if "x-livepost-worker" in headers:
+            self.pids.append(int(headers["x-livepost-worker"]))

@@ -5,7 +5,8 @@ SQLite and the in-process broker: no services needed beyond Chromium itself."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,17 @@ import httpx
 import pytest
 from playwright.async_api import Browser, expect
 
-from tests.browser_support import LIVE, SETTLE, Person, launch, open_page, screenshot
+from app.cli.cluster import Cluster
+from tests.browser_support import (
+    LIVE,
+    SETTLE,
+    Person,
+    WorkerWatch,
+    launch,
+    open_page,
+    screenshot,
+)
+from tests.cluster_support import running_cluster
 from tests.conftest import GENEROUS_LIMITS
 from tests.support import Endpoint, Server, sqlite_server, unique
 from tests.test_database_outage import TcpProxy
@@ -285,3 +296,48 @@ async def test_the_page_fits_a_phone(browser: Browser, url: str, tmp_path: Path)
         await screenshot(phone, "phone")
     finally:
         await phone.page.context.close()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """Two workers on PostgreSQL and Redis behind nginx (skips without those services)."""
+    with running_cluster(2, nginx=True, prefix=unique("lpw")) as deployment:
+        yield deployment
+
+
+async def test_a_killed_worker_costs_the_page_nothing(browser: Browser, cluster: Cluster) -> None:
+    """Through nginx, the worker holding the page's socket is killed; the page reconnects to
+    the other and shows every post written meanwhile, once."""
+    watch = WorkerWatch()
+    reader = await open_page(browser, cluster.lb_url + "/", prepare=watch)
+    try:
+        await reader.register()
+        tag = unique("t")
+        await reader.follow(tag)
+        before = unique("before")
+        await reader.write(f"#{tag} {before}")
+        victim = [cluster.pid(i) for i in range(2)].index(watch.pids[-1])
+        survivor = Endpoint(cluster.worker_urls[1 - victim])
+        writer = await survivor.user()
+
+        cluster.stop_worker(victim, signal.SIGKILL)
+        async with survivor.http() as http:
+            missed = []
+            for n in range(3):
+                body = f"#{tag} written meanwhile {n} {unique('m')}"
+                response = await http.post("/posts", json={"body": body}, headers=writer.headers)
+                assert response.status_code == 201, response.text
+                missed.append(body)
+
+        await reader.wait_live()
+        for body in missed:
+            await expect(reader.post(body)).to_have_count(1, timeout=SETTLE * 1000)
+        await expect(reader.post(before)).to_have_count(1)
+        bodies = await reader.page.locator("#posts article.post .body").all_inner_texts()
+        assert len(bodies) == len(set(bodies)), bodies
+        assert watch.pids[-1] == cluster.pid(1 - victim)  # it is the other worker now
+        assert any('"since"' in frame and tag in frame for frame in reader.frames_sent)
+        await screenshot(reader, "after-worker-killed")
+    finally:
+        await reader.page.context.close()
+        cluster.start_worker(victim)
