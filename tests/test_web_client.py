@@ -341,3 +341,32 @@ async def test_a_killed_worker_costs_the_page_nothing(browser: Browser, cluster:
     finally:
         await reader.page.context.close()
         cluster.start_worker(victim)
+
+
+async def test_throttling_and_the_flood_close_are_shown_in_words(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """A server that allows each socket four requests: signing in and listing take two, two
+    posts go through, the next is refused with 429, and the one after that closes the
+    socket (1008); the page says so, then reconnects."""
+    async with sqlite_server(
+        tmp_path, ws_rate_per_second=0.001, ws_rate_burst=4, ws_flood_close_after=2
+    ) as limited:
+        person = await open_page(browser, f"http://127.0.0.1:{limited.port}/")
+        try:
+            await person.register()
+            await person.write(f"one {unique('m')}")
+            await person.write(f"two {unique('m')}")
+            await person.page.fill("#compose-body", "three")
+            await person.page.click("#compose-send")
+            await expect(person.page.locator("#compose-error")).to_have_text(
+                "Too many requests: slow down and try again in a moment."
+            )
+            await person.page.click("#compose-send")
+            await expect(person.page.locator("#notice")).to_contain_text(
+                "The server closed the connection: too many requests, or this page may not "
+                "connect. Reconnecting…"
+            )
+            await person.wait_live()  # a new socket, a new allowance
+        finally:
+            await person.page.context.close()

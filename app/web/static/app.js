@@ -195,7 +195,14 @@ async function settleRemoval(pk) {
   render();
 }
 
-connection.addEventListener("state", ({ detail }) => renderStatus(detail));
+// Closes that say something about this page (it flooded, sent too much, read too slowly)
+// stay on screen; a lost network or a restarting server shows in the status line only.
+const TELLING_CLOSES = new Set([1008, 1009, 1011, 1013]);
+
+connection.addEventListener("state", ({ detail }) => {
+  renderStatus(detail);
+  if (TELLING_CLOSES.has(detail.code)) notify(`${detail.reason} Reconnecting…`);
+});
 
 connection.addEventListener("ready", async ({ detail: { first, recovered } }) => {
   renderStatus({ state: "online" });

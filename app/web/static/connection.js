@@ -115,8 +115,8 @@ export class Connection extends EventTarget {
     return reply;
   }
 
-  _setState(state, reason = "", retryInMs = null) {
-    this.dispatchEvent(new CustomEvent("state", { detail: { state, reason, retryInMs } }));
+  _setState(state, reason = "", retryInMs = null, code = null) {
+    this.dispatchEvent(new CustomEvent("state", { detail: { state, reason, retryInMs, code } }));
   }
 
   _open() {
@@ -213,7 +213,7 @@ export class Connection extends EventTarget {
     const ceiling = Math.min(MAX_DELAY_MS, FIRST_DELAY_MS * 2 ** this._attempt);
     const delay = code === 1000 ? 0 : Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
     this._attempt += 1;
-    this._setState("offline", code === 1000 ? "" : describeClose(code), delay);
+    this._setState("offline", code === 1000 ? "" : describeClose(code), delay, code);
     this._timer = setTimeout(() => this._open(), delay);
   }
 }
