@@ -370,3 +370,67 @@ async def test_throttling_and_the_flood_close_are_shown_in_words(
             await person.wait_live()  # a new socket, a new allowance
         finally:
             await person.page.context.close()
+
+
+async def test_load_older_pages_back_with_before(
+    browser: Browser, server: Server, url: str
+) -> None:
+    direct = Endpoint(f"http://127.0.0.1:{server.port}")
+    writer = await direct.user()
+    marker = unique("page")
+    async with direct.http() as http:
+        for n in range(51):  # one more than the page's first listing holds
+            response = await http.post(
+                "/posts", json={"body": f"{marker} {n:02d}"}, headers=writer.headers
+            )
+            assert response.status_code == 201
+    visitor = await open_page(browser, url)
+    try:
+        await expect(visitor.post(f"{marker} 50")).to_have_count(1, timeout=SETTLE * 1000)
+        await expect(visitor.post(f"{marker} 00")).to_have_count(0)
+        await visitor.page.click("#older")
+        await expect(visitor.post(f"{marker} 00")).to_have_count(1, timeout=SETTLE * 1000)
+        mine = visitor.page.locator("#posts article.post .body", has_text=marker)
+        bodies = await mine.all_inner_texts()
+        assert bodies == [f"{marker} {n:02d}" for n in reversed(range(51))]
+        assert any('"before"' in frame for frame in visitor.frames_sent)
+    finally:
+        await visitor.page.context.close()
+
+
+async def test_the_client_keeps_the_newest_version_and_resumes_from_safe(
+    browser: Browser, url: str
+) -> None:
+    """The page's own modules, run in the browser: the resume point is `safe` when the server
+    sends it and `offset` otherwise; a post is never replaced by an older version, nor
+    brought back once deleted."""
+    visitor = await open_page(browser, url)
+    try:
+        result = await visitor.page.evaluate(
+            """async () => {
+                const { resumePoint, Subscription } = await import("/static/connection.js");
+                const { PostStore } = await import("/static/store.js");
+                const subscription = new Subscription("follow");
+                for (const frame of [{ offset: 7 }, { offset: 9, safe: 4 }, { offset: 3 }]) {
+                    subscription.see(frame);
+                }
+                const store = new PostStore();
+                const post = (version) => ({ pk: 1, body: `v${version}`, version });
+                const taken = [post(2), post(1), post(2), post(3)].map((p) => store.accept(p));
+                store.forget(1);
+                return {
+                    points: [resumePoint({ offset: 5 }), resumePoint({ offset: 5, safe: 3 })],
+                    safe: subscription.safe,
+                    taken,
+                    revived: store.accept(post(4)),
+                };
+            }"""
+        )
+        assert result == {
+            "points": [5, 3],
+            "safe": 7,
+            "taken": [True, False, False, True],
+            "revived": False,
+        }
+    finally:
+        await visitor.page.context.close()
