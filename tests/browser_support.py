@@ -83,9 +83,16 @@ class Person:
         await expect(self.status).to_have_attribute("data-state", "online", timeout=SETTLE * 1000)
 
     async def register(self) -> None:
+        await self._account("#register")
+
+    async def sign_in(self, username: str) -> None:
+        self.username = username
+        await self._account("#sign-in")
+
+    async def _account(self, button: str) -> None:
         await self.page.fill("#username", self.username)
         await self.page.fill("#password", PASSWORD)
-        await self.page.click("#register")
+        await self.page.click(button)
         await expect(self.page.locator("#me")).to_have_text(
             f"Signed in as {self.username}", timeout=SETTLE * 1000
         )

@@ -434,3 +434,27 @@ async def test_the_client_keeps_the_newest_version_and_resumes_from_safe(
         }
     finally:
         await visitor.page.context.close()
+
+
+async def test_deleting_a_post_already_gone_says_so(browser: Browser, url: str) -> None:
+    """The same person in two tabs: one deletes a post; the other, which does not follow its
+    hashtag and so still shows it, tries to delete it too and is told why that failed."""
+    first = await open_page(browser, url)
+    second = await open_page(browser, url)
+    try:
+        await first.register()
+        marker = unique("m")
+        await first.write(f"twice {marker}")
+        await second.sign_in(first.username)
+        await expect(second.post(marker)).to_have_count(1, timeout=SETTLE * 1000)
+        for person in (first, second):
+            delete = person.post(marker).locator("button.delete")
+            await delete.click()
+            await delete.click()
+            await expect(person.post(marker)).to_have_count(0, timeout=SETTLE * 1000)
+        await expect(second.page.locator("#notice-text")).to_have_text(
+            "That post no longer exists, or it is not yours."
+        )
+    finally:
+        await first.page.context.close()
+        await second.page.context.close()
