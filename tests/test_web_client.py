@@ -5,6 +5,7 @@ SQLite and the in-process broker: no services needed beyond Chromium itself."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -458,3 +459,39 @@ async def test_deleting_a_post_already_gone_says_so(browser: Browser, url: str) 
     finally:
         await first.page.context.close()
         await second.page.context.close()
+
+
+async def test_a_page_from_another_origin_cannot_open_the_socket(
+    browser: Browser, server: Server, url: str
+) -> None:
+    """The Origin check still guards /ws: a page served from another port of this host is
+    refused (the server logs "origin not allowed"), while the app's own page connects."""
+
+    async def bare_page(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b"<!doctype html><p>elsewhere</p>"
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    elsewhere = await asyncio.start_server(bare_page, "127.0.0.1", 0)
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        opens = """(url) => new Promise((resolve) => {
+            const socket = new WebSocket(url);
+            socket.onopen = () => { socket.close(); resolve(true); };
+            socket.onerror = () => resolve(false);
+        })"""
+        socket_url = f"ws://127.0.0.1:{server.port}/ws"
+        await page.goto(f"http://127.0.0.1:{elsewhere.sockets[0].getsockname()[1]}/")
+        assert await page.evaluate(opens, socket_url) is False
+        await page.goto(url)
+        assert await page.evaluate(opens, socket_url) is True
+    finally:
+        await context.close()
+        elsewhere.close()
+        await elsewhere.wait_closed()
