@@ -8,6 +8,7 @@ tests skip, or fail under LIVEPOST_REQUIRE_SERVICES=1.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -70,6 +71,8 @@ class Person:
     console: list[str] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
     frames_sent: list[str] = field(default_factory=list)
+    # Every frame of the page's sockets in order: ("sent" | "received", text).
+    frames: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def status(self) -> Locator:
@@ -135,6 +138,26 @@ class Person:
         pairs = await self.page.evaluate("() => window.__postClasses")
         return {name for post, name in pairs if post == pk}
 
+    def resumes(self, request_id: str) -> list[tuple[int, int]]:
+        """For each resubscription under request_id that carried `since`: (that since, the
+        highest resume point, `safe` or else `offset`, the page had received for it by then)."""
+        seen: int | None = None
+        found = []
+        for direction, text in self.frames:
+            frame = json.loads(text)
+            if frame.get("request_id") != request_id:
+                continue
+            if direction == "sent":
+                if "since" in frame:
+                    found.append((frame["since"], seen))
+                continue
+            holder = frame.get("data") if "response_status" in frame else frame
+            if isinstance(holder, dict):
+                point = holder.get("safe", holder.get("offset"))
+                if isinstance(point, int) and (seen is None or point > seen):
+                    seen = point
+        return found
+
     def csp_violations(self) -> list[str]:
         return [line for line in self.console if "Content Security Policy" in line]
 
@@ -159,7 +182,13 @@ async def open_page(
 
     def watch(socket: Any) -> None:
         person.urls.append(socket.url)
-        socket.on("framesent", lambda payload: person.frames_sent.append(str(payload)))
+
+        def sent(payload: Any) -> None:
+            person.frames_sent.append(str(payload))
+            person.frames.append(("sent", str(payload)))
+
+        socket.on("framesent", sent)
+        socket.on("framereceived", lambda payload: person.frames.append(("received", str(payload))))
 
     page.on("websocket", watch)
     await page.goto(url)
