@@ -23,6 +23,7 @@ from app.pubsub.broker import BrokerUnavailable
 from app.runtime import Runtime
 from app.shutdown import install_graceful_stop
 from app.transport import health, rest_auth, rest_posts, sse, ws
+from app.web import page
 
 DESCRIPTION = """
 Realtime posts over WebSocket (`/ws`, DCRF's action protocol) with REST mirrors of every action.
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(rest_posts.router)
     app.include_router(sse.router)
     app.include_router(health.router)
+    page.mount(app)  # the browser client at `/`
     return app
 
 

@@ -1,0 +1,1 @@
+"""The browser client served at `/`: static files and the headers that guard them."""
