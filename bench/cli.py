@@ -10,11 +10,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from bench import report
 from bench.loadgen import AgentError, Fleet, raise_open_files_limit
 from bench.provision import log
 from bench.scenarios import Conns, Fanout, Rpc, Scenario, run
-from bench.targets import ROOT, DcrfTarget, LivepostTarget, RawTarget, Target, UrlTarget
+from bench.targets import (
+    ROOT,
+    DcrfTarget,
+    LivepostTarget,
+    RawTarget,
+    Target,
+    UrlTarget,
+    checkout,
+)
 
 DEFAULT_DATABASE = "postgresql://postgres@127.0.0.1:5432/livepost_bench"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
@@ -33,6 +43,12 @@ def _csv(convert: Callable[[str], Any]) -> Callable[[str], list[Any]]:
         return [convert(part) for part in text.split(",") if part]
 
     return parse
+
+
+def _baseline(text: str) -> str:
+    if text in ("raw", "dcrf") or (text.startswith("livepost@") and len(text) > len("livepost@")):
+        return text
+    raise argparse.ArgumentTypeError("raw, dcrf or livepost@REV")
 
 
 def _fanout_point(text: str) -> tuple[int, float]:
@@ -57,8 +73,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", choices=["livepost", "dcrf", "raw", "url"], default="livepost")
     p.add_argument(
         "--compare",
-        choices=["raw", "dcrf"],
-        help="run livepost and this baseline, alternating per scenario point; print ratios",
+        type=_baseline,
+        help="run livepost and this baseline, alternating per scenario point; print ratios: "
+        "raw, dcrf, or livepost@REV (this repository at a git revision, e.g. livepost@HEAD~3, "
+        "on a database of its own)",
     )
     p.add_argument("--workers", type=int, default=2, help="livepost and dcrf worker processes")
     p.add_argument("--rounds", type=int, default=1, help="repeat each point (alternating)")
@@ -122,6 +140,18 @@ def make_target(name: str, args: argparse.Namespace) -> Target:
     if name == "livepost":
         run_dir = args.out / "run" / f"livepost-{time.strftime('%Y%m%d-%H%M%S')}"
         return LivepostTarget(args.workers, args.database_url, args.redis_url, run_dir)
+    if name.startswith("livepost@"):
+        commit, tree = checkout(name.partition("@")[2], scratch)
+        run_dir = args.out / "run" / f"livepost-{commit}-{time.strftime('%Y%m%d-%H%M%S')}"
+        database = make_url(args.database_url).set(database=f"livepost_bench_{commit}")
+        return LivepostTarget(
+            args.workers,
+            database.render_as_string(hide_password=False),
+            args.redis_url,
+            run_dir,
+            source=tree,
+            name=name,
+        )
     if name == "dcrf":
         return DcrfTarget(args.workers, args.database_url, args.redis_url, scratch)
     if name == "raw":

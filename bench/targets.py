@@ -133,8 +133,17 @@ class LivepostTarget(Target):
     }
 
     def __init__(
-        self, workers: int, database_url: str, redis_url: str, run_dir: Path, users: int = 10
+        self,
+        workers: int,
+        database_url: str,
+        redis_url: str,
+        run_dir: Path,
+        users: int = 10,
+        source: Path = ROOT,
+        name: str = "livepost",
     ) -> None:
+        self.name = name
+        self.source = source
         self.workers = workers
         self.database_url = database_url
         self.redis_url = redis_url
@@ -156,7 +165,9 @@ class LivepostTarget(Target):
             **self.LIMITS,
         }
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.cluster = Cluster(self.workers, env, nginx=False, run_dir=self.run_dir)
+        self.cluster = Cluster(
+            self.workers, env, nginx=False, run_dir=self.run_dir, source=self.source
+        )
         self.cluster.start(timeout=START_TIMEOUT)
         base = self.cluster.worker_urls[0]
         with httpx.Client(base_url=base, timeout=30) as http:
@@ -169,7 +180,8 @@ class LivepostTarget(Target):
         # argon2 hashing leaves its memory in the RSS of the worker that registered: start
         # every worker afresh so the RSS readings are the cost of serving only.
         self.restart()
-        log(f"livepost: {self.workers} workers {self.cluster.worker_urls}, logs in {self.run_dir}")
+        urls = self.cluster.worker_urls
+        log(f"{self.name}: {self.workers} workers {urls}, logs in {self.run_dir}")
 
     def restart(self) -> None:
         # Same secret, database and ports: the users' tokens stay valid.
@@ -194,6 +206,23 @@ class LivepostTarget(Target):
         # No RESTART IDENTITY: a worker remembers the versions of pks it has relayed, and a
         # reused pk would look like a stale event.
         run_sql(self.database_url, "TRUNCATE posts")
+
+
+def checkout(revision: str, scratch: Path) -> tuple[str, Path]:
+    """This repository's tree at revision, exported under scratch (reused): its short id and
+    path. Its workers run on this checkout's virtualenv, so it must need no other packages."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short=12", f"{revision}^{{commit}}"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    tree = scratch / f"livepost-{commit}"
+    if not (tree / "app").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return commit, tree
 
 
 class DcrfTarget(Target):

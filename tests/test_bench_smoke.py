@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.cli.cluster import ROOT
-from bench.targets import baseline_source, copy_baseline
+from bench.targets import baseline_source, checkout, copy_baseline
 from tests.cluster_support import fresh_database, require_services
 
 COMMON = {"scenario", "target", "workers", "errors"}
@@ -83,3 +83,14 @@ def test_baselines_folder_can_be_overridden(
 ) -> None:
     monkeypatch.setenv("LIVEPOST_BASELINES", str(tmp_path))
     assert baseline_source("raw_relay") == tmp_path / "raw_relay"
+
+
+def test_an_earlier_revision_is_exported_to_run_beside_this_one(tmp_path: Path) -> None:
+    """`--compare livepost@REV` runs the repository at REV: its tree comes from git."""
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    commit, tree = checkout("HEAD", tmp_path)
+    assert (commit, tree) == (head[:12], tmp_path / f"livepost-{head[:12]}")
+    assert (tree / "app" / "main.py").is_file() and (tree / "alembic.ini").is_file()
+    assert checkout(head, tmp_path) == (commit, tree)  # exported once, then reused

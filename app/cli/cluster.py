@@ -52,13 +52,16 @@ class Cluster:
         nginx: bool = True,
         run_dir: Path | None = None,
         worker_env: dict[int, dict[str, str]] | None = None,
+        source: Path = ROOT,
     ) -> None:
         """worker_env: more environment for single workers, by index (the tests give each
-        worker its own way to Redis)."""
+        worker its own way to Redis). source: the livepost tree the workers run (the benchmark
+        runs an earlier revision beside this one)."""
         if not env.get("REDIS_URL"):
             raise ValueError("a cluster needs REDIS_URL: workers share events through Redis")
         self.env = {**os.environ, **env}
         self.worker_env = worker_env or {}
+        self.source = source
         # The workers' settings: this process's environment with env on top, as they get it.
         overrides: dict[str, Any] = {k.lower(): v for k, v in env.items() if k.lower() in _FIELDS}
         self.settings = Settings(**overrides)
@@ -79,7 +82,10 @@ class Cluster:
 
     def migrate(self) -> None:
         subprocess.run(
-            [sys.executable, "-m", "app.cli.main", "migrate"], env=self.env, cwd=ROOT, check=True
+            [sys.executable, "-m", "app.cli.main", "migrate"],
+            env=self.env,
+            cwd=self.source,
+            check=True,
         )
 
     def start(self, timeout: float = 30.0) -> None:
@@ -108,7 +114,7 @@ class Cluster:
                     str(int(self.settings.shutdown_grace_seconds) + 5),
                 ],
                 env=self.env | self.worker_env.get(index, {}),
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.source, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
     def wait_ready(self, url: str, deadline: float, path: str = "/readyz") -> None:
