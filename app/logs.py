@@ -35,6 +35,19 @@ _context: ContextVar[dict[str, Any] | None] = ContextVar("livepost_log_context",
 
 access_log = logging.getLogger("app.access")
 
+# uvicorn's own shutdown (Ctrl-C, a second SIGTERM, an expired graceful stop) closes every
+# socket with 1012 itself and tells the app through a `websocket.disconnect` with that code.
+# 1012 "Service Restart" is a server's code (RFC 6455's registry), so such a disconnect was
+# the server's close, not the client's.
+SERVICE_RESTART = 1012
+
+
+def disconnect_close(message: Message) -> tuple[int, str]:
+    """The close code of a `websocket.disconnect` and who closed: "client" or "server"."""
+    code = int(message.get("code", 1005))
+    return code, "server" if code == SERVICE_RESTART else "client"
+
+
 # ---------------------------------------------------------------------------------------------
 # Redaction
 
@@ -279,7 +292,7 @@ class LogContextMiddleware:
             nonlocal close_code, closed_by
             message = await receive()
             if message["type"] == "websocket.disconnect" and closed_by is None:
-                close_code, closed_by = message.get("code", 1005), "client"
+                close_code, closed_by = disconnect_close(message)
             return message
 
         async def observed_send(message: Message) -> None:

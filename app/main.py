@@ -23,7 +23,7 @@ from app.pubsub.broker import BrokerUnavailable
 from app.runtime import Runtime
 from app.shutdown import install_graceful_stop
 from app.transport import health, rest_auth, rest_posts, sse, ws
-from app.web import page
+from app.web import docs, page
 
 DESCRIPTION = """
 Realtime posts over WebSocket (`/ws`, DCRF's action protocol) with REST mirrors of every action.
@@ -66,7 +66,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             undo_signal()
             await runtime.close()
 
-    app = _App(title="livepost", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = _App(
+        title="livepost",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # served by app/web/docs.py, with their assets, not from a CDN
+        redoc_url=None,
+    )
     # Outages by type, so ExceptionMiddleware answers them (the Exception handler runs in
     # ServerErrorMiddleware, which answers and then re-raises: a crash log for every 503).
     for outage in (DBAPIError, SQLAlchemyTimeoutError, OSError, TimeoutError, BrokerUnavailable):
@@ -78,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sse.router)
     app.include_router(health.router)
     page.mount(app)  # the browser client at `/`
+    docs.mount(app)  # /docs and /redoc
     return app
 
 

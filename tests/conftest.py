@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,70 @@ def pytest_configure(config: pytest.Config) -> None:
             "LIVEPOST_REQUIRE_SERVICES=1 needs LIVEPOST_TEST_DATABASE_URL and "
             "LIVEPOST_TEST_REDIS_URL"
         )
+
+
+# What `make test` runs without services, and how to run the rest (printed before and after
+# the run: skips are otherwise silent, and most of the suite needs the services).
+ENABLE = [
+    "  LIVEPOST_TEST_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/livepost_test"
+    "  (an empty database the suite may wipe)",
+    "  LIVEPOST_TEST_REDIS_URL=redis://127.0.0.1:6379/0",
+]
+LOCAL_SERVICES = {"PostgreSQL": ("127.0.0.1", 5432), "Redis": ("127.0.0.1", 6379)}
+
+
+def stacks_running() -> dict[str, bool]:
+    """Each of STACKS, and whether this run has its services."""
+    return {
+        "sqlite+memory": True,
+        "postgres+memory": bool(PG_URL),
+        "postgres+redis": bool(PG_URL and REDIS_URL),
+    }
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    running = stacks_running()
+    lines = [
+        "livepost stacks: "
+        + ", ".join(f"{name} {'on' if on else 'off'}" for name, on in running.items())
+    ]
+    if not all(running.values()):
+        lines += ["the others, and the multi-process tests, run with (as .ci/run sets them):"]
+        lines += ENABLE
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Skipped tests grouped by why, and how to run them."""
+    reasons: Counter[str] = Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    if not reasons:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("livepost: what did not run")
+    running = stacks_running()
+    write("stacks run:     " + (", ".join(n for n, on in running.items() if on) or "none"))
+    write("stacks skipped: " + (", ".join(n for n, on in running.items() if not on) or "none"))
+    for reason, count in reasons.most_common():
+        write(f"{count:6d} skipped: {reason}")
+    if not (PG_URL and REDIS_URL):
+        answering = [name for name, address in LOCAL_SERVICES.items() if _answers(address)]
+        write("to run them, set (as .ci/run does):")
+        for line in ENABLE:
+            write(line)
+        if answering:
+            write(f"({' and '.join(answering)} answer here on the default ports.)")
+
+
+def _answers(address: tuple[str, int]) -> bool:
+    try:
+        with socket.create_connection(address, timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def redis_url_for(name: str) -> str | None:

@@ -350,8 +350,11 @@ class CliResult:
         return [json.loads(line) for line in self.stdout.splitlines()]
 
 
-async def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> CliResult:
-    """Run `livepost *args` as a subprocess with exactly env (and cwd).
+async def run_cli(
+    *args: str, env: dict[str, str], cwd: Path | None = None, stdin: str | None = None
+) -> CliResult:
+    """Run `livepost *args` as a subprocess with exactly env (and cwd), and stdin as its
+    standard input (a pipe, never a terminal; empty by default).
 
     The process is killed if it outlasts CLI_TIMEOUT (TimeoutError) or the caller gives up."""
     process = await asyncio.create_subprocess_exec(
@@ -359,13 +362,13 @@ async def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> C
         *args,
         env=env,
         cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     try:
         async with asyncio.timeout(CLI_TIMEOUT):
-            stdout, stderr = await process.communicate()
+            stdout, stderr = await process.communicate(None if stdin is None else stdin.encode())
     finally:
         if process.returncode is None:
             process.kill()

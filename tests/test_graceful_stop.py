@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -62,14 +63,7 @@ async def test_single_worker_closes_sockets_with_1001(tmp_path: Path, ws: str) -
     process = start_worker(port, env, log, "--ws", ws)
     try:
         endpoint = Endpoint(f"http://127.0.0.1:{port}")
-        async with asyncio.timeout(30):
-            while True:
-                try:
-                    async with endpoint.http() as http:
-                        if (await http.get("/readyz")).status_code == 200:
-                            break
-                except httpx.HTTPError:
-                    await asyncio.sleep(0.05)  # polling a starting process
+        await ready(endpoint)
         user = await endpoint.user()
         clients = [await endpoint.connect(user) for _ in range(3)]
         await subscribe(clients[0], unique("t"), 1)
@@ -80,6 +74,52 @@ async def test_single_worker_closes_sockets_with_1001(tmp_path: Path, ws: str) -
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("ws", ["auto", UVICORN_WS])
+async def test_uvicorns_own_1012_close_is_logged_as_the_servers(tmp_path: Path, ws: str) -> None:
+    """Ctrl-C skips the graceful stop: uvicorn closes every socket with 1012 itself, and the
+    close line must say the server closed it, not the client."""
+    database = f"sqlite+aiosqlite:///{tmp_path / 'restart.db'}"
+    await asyncio.to_thread(upgrade_to_head, database)
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database, "JWT_SECRET": "stop-" + "s" * 32}
+    env |= {"LOG_FORMAT": "json", "LOG_LEVEL": "info"}
+    log = tmp_path / "worker.log"
+    process = start_worker(port, env, log, "--ws", ws)
+    try:
+        endpoint = Endpoint(f"http://127.0.0.1:{port}")
+        await ready(endpoint)
+        client = await endpoint.connect(await endpoint.user())
+        process.send_signal(signal.SIGINT)
+        assert await client.close_code() == 1012
+        async with asyncio.timeout(30):
+            while process.poll() is None:  # noqa: ASYNC110  (a process, not an event)
+                await asyncio.sleep(0.05)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
+    closed = [
+        entry for entry in map(json.loads, lines) if entry["message"].startswith("websocket closed")
+    ]
+    assert [(e["message"], e["close_code"], e["closed_by"]) for e in closed] == [
+        ("websocket closed (1012)", 1012, "server")
+    ]
+
+
+async def ready(endpoint: Endpoint) -> None:
+    """Wait until a starting worker answers /readyz."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                async with endpoint.http() as http:
+                    if (await http.get("/readyz")).status_code == 200:
+                        return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.05)  # polling a starting process
 
 
 async def test_a_stopping_worker_refuses_new_sockets_with_503(tmp_path: Path) -> None:

@@ -9,8 +9,11 @@ import json
 import sys
 from typing import Any
 
-from app.cli.errors import CommandError
+from app.cli.errors import CommandError, invalid_fields
 from app.config import ConfigError, Settings
+
+# `user create` reads the password from here when --password is not given.
+PASSWORD_VARIABLE = "LIVEPOST_PASSWORD"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     user = commands.add_parser("user", help="manage users").add_subparsers(title="user commands")
     create_user = user.add_parser("create", help="register a user")
     create_user.add_argument("username")
-    create_user.add_argument("--password", help="default: prompt (or LIVEPOST_PASSWORD)")
+    create_user.add_argument(
+        "--password",
+        help="default: LIVEPOST_PASSWORD, else asked in the terminal, else one line of stdin",
+    )
     create_user.set_defaults(run=_user_create)
     token = user.add_parser("token", help="print a bearer token for a user")
     token.add_argument("username")
@@ -169,16 +175,35 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
 def _user_create(settings: Settings, args: argparse.Namespace) -> int:
     import os
 
+    from pydantic import ValidationError
+
     from app.models import UserCreate
 
-    password = args.password or os.environ.get("LIVEPOST_PASSWORD") or getpass.getpass()
+    password = args.password or os.environ.get(PASSWORD_VARIABLE) or _read_password()
     try:
         user = UserCreate(username=args.username, password=password)
-    except ValueError as error:
-        raise CommandError(str(error)) from None
+    except ValidationError as error:
+        raise CommandError(invalid_fields(error.errors())) from None
     user_id = asyncio.run(_user_create_async(settings, user.username, user.password))
     _print({"id": user_id, "username": user.username})
     return 0
+
+
+def _read_password() -> str:
+    """Ask in the terminal; without one (a script, CI) take the first line of standard input."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        try:
+            return getpass.getpass()
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            raise CommandError("no password given") from None
+    line = sys.stdin.readline().rstrip("\r\n") if sys.stdin is not None else ""
+    if not line:
+        raise CommandError(
+            f"no password: pass --password, set {PASSWORD_VARIABLE}, or give it on standard "
+            "input (there is no terminal to ask in)"
+        )
+    return line
 
 
 async def _user_create_async(settings: Settings, username: str, password: str) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from app.cli.errors import CommandError
+from app.cli.errors import CommandError, invalid_fields
 from app.config import Settings
 from app.posts.service import PostNotFound
 from app.posts.validation import FieldErrors
@@ -89,8 +89,22 @@ async def _remote(
     if response.status_code == 404:
         raise WriteFailed("Not found")
     if response.status_code >= 400:
-        raise WriteFailed(f"{response.status_code}: {response.json().get('detail')}")
+        raise WriteFailed(_refusal(server, response))
     return None if response.status_code == 204 else dict(response.json())
+
+
+def _refusal(server: str, response: httpx.Response) -> str:
+    """The server's answer in words: invalid fields as the direct write says them, anything
+    else as its status and `detail` (or its text: a proxy's error page is not JSON)."""
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = None
+    if response.status_code == 422 and isinstance(detail, list):
+        return invalid_fields(detail, located=True)
+    if not isinstance(detail, str):
+        detail = " ".join(response.text.split())[:200] or response.reason_phrase
+    return f"the server at {server} answered {response.status_code}: {detail}"
 
 
 def _describe(errors: dict[str, list[str]]) -> str:

@@ -22,7 +22,7 @@ from starlette.websockets import WebSocket
 
 from app.accounts.service import Identity
 from app.db import is_unavailable
-from app.logs import access_log, bind_log_fields, new_id
+from app.logs import access_log, bind_log_fields, disconnect_close, new_id
 from app.protocol.admission import Ticket
 from app.protocol.outgoing import Outgoing
 from app.protocol.session import Session
@@ -292,7 +292,7 @@ class LiveConnection:
         """Answer one message; False once the connection is to end."""
         if message["type"] == "websocket.disconnect":
             if self.close_code is None:
-                self.close_code, self.closed_by = message.get("code", 1005), "client"
+                self.close_code, self.closed_by = disconnect_close(message)
             return False
         limit = self.runtime.settings.ws_max_frame_bytes
         text, data = message.get("text"), message.get("bytes")
