@@ -7,6 +7,7 @@ produces its events, and a rolled-back or no-op write produces none.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import os
 import signal
@@ -100,7 +101,7 @@ class PostService:
             rows = (await conn.execute(query)).all()
         return post_list(rows)
 
-    async def pks_by_author(self, author_id: int) -> list[int]:
+    async def pks_by_author(self, author_id: int) -> builtins.list[int]:
         """The pks of one author's posts (an admin deleting the account deletes them one by
         one through admin_delete, so their subscribers see each go)."""
         async with self._engine.connect() as conn:
