@@ -70,7 +70,7 @@ async def cli_user(live: Stack, tmp_path: Path) -> dict[str, Any]:
     username = unique("cli")
     created = (await cli(live, tmp_path, "user", "create", username, "--password", PASSWORD)).json()
     assert isinstance(created["id"], int)
-    assert created == {"id": created["id"], "username": username}
+    assert created == {"id": created["id"], "username": username, "is_admin": False}
     return dict(created)
 
 
