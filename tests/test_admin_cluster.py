@@ -1,8 +1,10 @@
-"""Deactivating a user in the admin of one worker closes their socket on the other: two
-uvicorn processes that share nothing but PostgreSQL and Redis (the control channel)."""
+"""Deactivating a user in the admin of one worker closes their socket and event stream on the
+other: two uvicorn processes that share nothing but PostgreSQL and Redis (the control
+channel)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +15,7 @@ from tests.cluster_support import running_cluster
 from tests.support import (
     CLUSTER_SECRET,
     PASSWORD,
+    TIMEOUT,
     Endpoint,
     create,
     event,
@@ -52,9 +55,18 @@ async def test_deactivation_closes_the_socket_on_the_other_worker(
     for socket in (victim_socket, other_socket):
         await subscribe(socket, tag, "watch")
 
-    async with admin_session(first, boss) as client:  # the admin is on the first worker
-        await deactivate(client, victim.id)
-    assert await victim_socket.close_code() == 1008
+    async with (
+        second.http() as http,
+        http.stream("GET", f"/hashtags/{tag}/events", params={"token": victim.token}) as stream,
+    ):
+        lines = stream.aiter_lines()
+        assert await anext(lines) == ": subscribed"
+        async with admin_session(first, boss) as client:  # the admin is on the first worker
+            await deactivate(client, victim.id)
+        assert await victim_socket.close_code() == 1008
+        async with asyncio.timeout(TIMEOUT):
+            rest = [line async for line in lines]  # the event stream ends too
+        assert not any(line.startswith("event:") for line in rest)
 
     # The second worker refuses the token too (it reads the flag from the database).
     async with second.http() as http:
