@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import os
 import secrets
 from functools import cached_property
@@ -74,6 +75,11 @@ class Settings(BaseSettings):
     fault_kill_before_publish: str = ""
     # Where the CLI finds a running server (default: http://HOST:PORT).
     server_url: str | None = None
+    # Signs the /admin session cookie. Unset: derived from the JWT secret (a different key,
+    # so neither signature can stand in for the other).
+    admin_secret: str | None = None
+    admin_session_seconds: int = 8 * 60 * 60  # an admin signs in again after this long
+    admin_cookie_secure: bool = False  # set behind HTTPS: the cookie then travels on it only
 
     @field_validator("database_url")
     @classmethod
@@ -119,6 +125,12 @@ class Settings(BaseSettings):
                 "start without a signing secret (e.g. JWT_SECRET=$(openssl rand -hex 32))."
             )
         return _load_or_create_secret(Path(self.jwt_secret_file))
+
+    @cached_property
+    def admin_session_secret(self) -> str:
+        if self.admin_secret:
+            return self.admin_secret
+        return hmac.new(self.secret.encode(), b"livepost admin session", "sha256").hexdigest()
 
 
 def _load_or_create_secret(path: Path) -> str:

@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app import admin
 from app.config import Settings
 from app.db import is_unavailable
 from app.logs import LogContextMiddleware, setup_logging
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         setup_logging(resolved)
         runtime = await Runtime.start(resolved, run_relay=True)
         app.state.runtime = runtime
+        bind_admin(runtime)
         undo_signal = install_graceful_stop(runtime)
         try:
             yield
@@ -86,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     page.mount(app)  # the browser client at `/`
     docs.mount(app)  # /docs and /redoc
+    bind_admin = admin.mount(app, resolved)  # /admin, bound to the runtime once it starts
     return app
 
 

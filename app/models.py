@@ -14,7 +14,9 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    false,
     text,
+    true,
 )
 from sqlmodel import Field, SQLModel
 from sqlmodel._compat import SQLModelConfig
@@ -41,6 +43,14 @@ class User(SQLModel, table=True):
     password_hash: str = Field(sa_column=Column(String(255), nullable=False))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False)
+    )
+    # May sign in at /admin (migration 0003; `livepost user admin NAME` grants it).
+    is_admin: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
+    # False: the user was deactivated; their tokens are refused and their connections closed.
+    is_active: bool = Field(
+        default=True, sa_column=Column(Boolean, nullable=False, server_default=true())
     )
 
 

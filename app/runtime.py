@@ -19,7 +19,9 @@ from app.config import Settings
 from app.db import make_engine
 from app.posts.service import PostService
 from app.protocol.admission import Admission
+from app.pubsub import control
 from app.pubsub.broker import Broker, make_broker
+from app.pubsub.channels import control_channel
 from app.pubsub.hub import Hub
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ class Runtime:
         catchup = CatchUp(hub, changelog)
         broker.on_lost = hub.broker_lost
         broker.on_resync = catchup.schedule
-        return cls(
+        runtime = cls(
             settings=settings,
             engine=engine,
             broker=broker,
@@ -83,6 +85,35 @@ class Runtime:
                 settings.ws_max_connections_per_ip, settings.ws_max_connections_per_user
             ),
         )
+        hub.on_control = runtime.on_control
+        return runtime
+
+    def on_control(self, message: bytes) -> None:
+        """A control message from any worker (this one included)."""
+        decoded = control.decode(message)
+        if decoded is None:
+            log.warning("ignored a control message this worker does not understand")
+            return
+        order, user_id = decoded
+        if order == control.CLOSE_USER:
+            closed = self.admission.close_user(user_id)
+            if closed:
+                log.info("closed %d connections of deactivated user %d", closed, user_id)
+
+    async def deactivate_user(self, user_id: int) -> bool:
+        """Refuse the user's tokens from now on and close their sockets and event streams
+        on every worker; False when there is no such user. Raises BrokerUnavailable when the
+        other workers could not be told (the user is deactivated all the same, and this
+        worker's connections are closed)."""
+        if not await self.accounts.set_flags(user_id, is_active=False):
+            return False
+        # Here at once, whatever the broker does; the message closes the others (and, on
+        # its way back, finds nothing left here).
+        self.admission.close_user(user_id)
+        await self.broker.publish(
+            control_channel(self.settings.channel_prefix), control.close_user(user_id)
+        )
+        return True
 
     async def stop_serving(self) -> None:
         """Graceful stop, before the server's own shutdown: refuse new sockets, let each live

@@ -13,6 +13,7 @@ from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.cli.cluster import free_port
+from tests.admin_support import sign_in
 from tests.support import (
     CLI_TIMEOUT,
     PASSWORD,
@@ -78,7 +79,7 @@ async def cli_user(live: Stack, tmp_path: Path) -> dict[str, Any]:
     username = unique("cli")
     created = (await cli(live, tmp_path, "user", "create", username, "--password", PASSWORD)).json()
     assert isinstance(created["id"], int)
-    assert created == {"id": created["id"], "username": username}
+    assert created == {"id": created["id"], "username": username, "is_admin": False}
     return dict(created)
 
 
@@ -196,6 +197,29 @@ async def test_user_create_takes_the_password_from_the_environment_or_stdin(
     async with live.http() as client:
         token = await client.post("/auth/token", data={"username": username, "password": PASSWORD})
     assert token.status_code == 200, token.text
+
+
+async def test_user_create_admin_may_sign_in_at_admin(live: Stack, tmp_path: Path) -> None:
+    username = unique("boss")
+    created = await cli(
+        live, tmp_path, "user", "create", username, "--password", PASSWORD, "--admin"
+    )
+    assert created.json() == {"id": created.json()["id"], "username": username, "is_admin": True}
+    async with live.http() as client:
+        response = await sign_in(client, username)
+    assert response.status_code == 302, response.text
+
+
+async def test_user_admin_grants_the_flag(live: Stack, tmp_path: Path) -> None:
+    user = await live.user()
+    async with live.http() as client:
+        assert (await sign_in(client, user.username)).status_code == 400
+        granted = await cli(live, tmp_path, "user", "admin", user.username)
+        assert granted.json() == {"id": user.id, "username": user.username, "is_admin": True}
+        assert (await sign_in(client, user.username)).status_code == 302
+    missing = unique("nobody")
+    result = await cli(live, tmp_path, "user", "admin", missing)
+    assert result == CliResult(1, "", f"livepost: no user {missing!r}\n")
 
 
 async def test_user_token_works_over_rest(live: Stack, tmp_path: Path) -> None:

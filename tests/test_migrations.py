@@ -132,7 +132,7 @@ async def _assert_head_matches_models(url: str) -> None:
     version = await _with_connection(
         url, lambda conn: conn.execute(text("SELECT version_num FROM alembic_version")).all()
     )
-    assert [tuple(row) for row in version] == [("0002",)]
+    assert [tuple(row) for row in version] == [("0003",)]
 
 
 async def test_upgrade_head_matches_the_models(database_url: str) -> None:
@@ -178,3 +178,40 @@ async def test_sqlite_posts_never_reuse_a_pk(tmp_path: Path) -> None:
         ).scalar_one(),
     )
     assert "AUTOINCREMENT" in sql.upper()
+
+
+async def test_user_flags_fill_existing_users(database_url: str) -> None:
+    """0003 on a database that already has users and posts: every user stays active and
+    none becomes an admin; no post is lost (a table copy on SQLite would cascade-delete)."""
+    await asyncio.to_thread(command.upgrade, alembic_config(database_url), "0002")
+    engine = create_async_engine(database_url)
+    try:
+        async with asyncio.timeout(TIMEOUT), engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO users (id, username, password_hash, created_at) "
+                    "VALUES (1, 'old', 'x', CURRENT_TIMESTAMP)"
+                )
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO posts (author_id, body, created_at, updated_at, version) "
+                    "VALUES (1, 'kept', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 1)"
+                )
+            )
+    finally:
+        await engine.dispose()
+    await _upgrade(database_url)
+    users = await _with_connection(
+        database_url,
+        lambda conn: conn.execute(text("SELECT username, is_admin, is_active FROM users")).all(),
+    )
+    assert [tuple(row) for row in users] == [("old", False, True)]
+    # Down to 0002 drops the columns again, without a table copy: the post is still there.
+    await asyncio.to_thread(command.downgrade, alembic_config(database_url), "0002")
+    bodies = await _with_connection(
+        database_url, lambda conn: conn.execute(text("SELECT body FROM posts")).scalars().all()
+    )
+    assert bodies == ["kept"]
+    await _upgrade(database_url)
+    await _assert_head_matches_models(database_url)

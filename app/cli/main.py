@@ -65,7 +65,11 @@ def _parser() -> argparse.ArgumentParser:
         "--password",
         help="default: LIVEPOST_PASSWORD, else asked in the terminal, else one line of stdin",
     )
+    create_user.add_argument("--admin", action="store_true", help="may sign in at /admin")
     create_user.set_defaults(run=_user_create)
+    make_admin = user.add_parser("admin", help="let an existing user sign in at /admin")
+    make_admin.add_argument("username")
+    make_admin.set_defaults(run=_user_admin)
     token = user.add_parser("token", help="print a bearer token for a user")
     token.add_argument("username")
     token.set_defaults(run=_user_token)
@@ -184,8 +188,10 @@ def _user_create(settings: Settings, args: argparse.Namespace) -> int:
         user = UserCreate(username=args.username, password=password)
     except ValidationError as error:
         raise CommandError(invalid_fields(error.errors())) from None
-    user_id = asyncio.run(_user_create_async(settings, user.username, user.password))
-    _print({"id": user_id, "username": user.username})
+    user_id = asyncio.run(
+        _user_create_async(settings, user.username, user.password, is_admin=args.admin)
+    )
+    _print({"id": user_id, "username": user.username, "is_admin": args.admin})
     return 0
 
 
@@ -206,17 +212,37 @@ def _read_password() -> str:
     return line
 
 
-async def _user_create_async(settings: Settings, username: str, password: str) -> int:
+async def _user_create_async(
+    settings: Settings, username: str, password: str, *, is_admin: bool
+) -> int:
     from app.accounts.service import UsernameTaken
     from app.runtime import Runtime
 
     runtime = await Runtime.start(settings)
     try:
-        return await runtime.accounts.register(username, password)
+        return await runtime.accounts.register(username, password, is_admin=is_admin)
     except UsernameTaken:
         raise CommandError(f"username {username!r} is taken") from None
     finally:
         await runtime.close()
+
+
+def _user_admin(settings: Settings, args: argparse.Namespace) -> int:
+    async def grant() -> int:
+        from app.runtime import Runtime
+
+        runtime = await Runtime.start(settings)
+        try:
+            user_id = await runtime.accounts.user_id_by_name(args.username)
+            if user_id is None:
+                raise CommandError(f"no user {args.username!r}")
+            await runtime.accounts.set_flags(user_id, is_admin=True)
+            return user_id
+        finally:
+            await runtime.close()
+
+    _print({"id": asyncio.run(grant()), "username": args.username, "is_admin": True})
+    return 0
 
 
 def _user_token(settings: Settings, args: argparse.Namespace) -> int:

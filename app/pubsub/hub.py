@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from app.pubsub.broker import Broker
 from app.pubsub.change import Change, event_action
-from app.pubsub.channels import channel_for, watermark_channel
+from app.pubsub.channels import channel_for, control_channel, watermark_channel
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ class Hub:
         self._background: set[asyncio.Task[None]] = set()
         self.last_offset = 0  # the highest offset that came through here
         self._watermark_channel = watermark_channel(channel_prefix)
+        self._control_channel = control_channel(channel_prefix)
+        # Told each control message (app/pubsub/control.py); the runtime acts on it.
+        self.on_control: Callable[[bytes], None] = lambda _message: None
         # The watermark events carry; while held (after a broker loss, until the catch-up),
         # what arrives is kept in _held_safe instead.
         self.safe = 0
@@ -91,7 +94,9 @@ class Hub:
     async def start(self, safe: int = 0) -> None:
         """Start with the watermark read from the log (valid: nothing is subscribed yet)."""
         self.safe = safe
-        await self._broker.start(self.on_message, standing=[self._watermark_channel])
+        await self._broker.start(
+            self.on_message, standing=[self._watermark_channel, self._control_channel]
+        )
 
     def broker_lost(self) -> None:
         """Messages published from now on may be missing, until a catch-up from the log:
@@ -235,6 +240,9 @@ class Hub:
         """A change arrived from the broker: deliver one event per interested subscription."""
         if channel == self._watermark_channel:
             self._on_watermark(int(message))
+            return
+        if channel == self._control_channel:
+            self.on_control(message)
             return
         change = Change.decode(message)
         if self._arrived is not None:

@@ -88,7 +88,7 @@ class LivePostsEndpoint:
         socket = (scope.get("extensions") or {}).get(EXTENSION)
         connection = LiveConnection(receive, send, runtime, identity, socket)
         ticket = runtime.admission.admit(
-            ip, identity.user_id if identity else None, connection.going_away
+            ip, identity.user_id if identity else None, connection.going_away, connection.revoked
         )
         if ticket is None:
             websocket = WebSocket(scope, receive, send)
@@ -215,6 +215,10 @@ class LiveConnection:
     def going_away(self) -> None:
         """The worker is stopping."""
         self.close(CLOSE_GOING_AWAY)
+
+    def revoked(self) -> None:
+        """The connection's user was deactivated (docs/protocol.md, "Close codes")."""
+        self.close(CLOSE_POLICY_VIOLATION)
 
     def _stop_reading(self, _task: object = None) -> None:
         if self._stop:
