@@ -22,8 +22,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status != 200)"
 # Migrations run once, in their own service (see docker-compose.yml); workers only serve.
-# No permessage-deflate (it costs ~48 kB and CPU per socket), bounded shutdown (a client that
-# never reads must not hold it), access logs from the app itself (no tokens in query strings).
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log", \
-     "--ws", "app.transport.wsprotocol:LiveSocketProtocol", "--ws-per-message-deflate", "false", \
-     "--timeout-graceful-shutdown", "15"]
+# `livepost worker` runs uvicorn with the options every worker gets (app/worker.py): livepost's
+# WebSocket protocol, frames past 64 KiB refused as they arrive, no permessage-deflate, bounded
+# shutdown, access logs from the app itself. It listens on HOST:PORT.
+CMD ["livepost", "worker"]

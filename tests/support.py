@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from app.config import Settings
 from app.main import create_app
 from app.migrations import upgrade_to_head
-from app.transport.wsprotocol import UVICORN_WS
+from app.worker import uvicorn_options as worker_options
 
 TIMEOUT = 10.0
 PASSWORD = "correct horse battery"
@@ -44,13 +44,9 @@ class Server:
 
     def __init__(self, settings: Settings, **uvicorn_options: Any) -> None:
         self.app = create_app(settings)
-        # As `livepost serve` runs it (see app/cli/main.py).
-        options: dict[str, Any] = {
-            "log_level": "warning",
-            "ws_ping_interval": None,
-            "ws": UVICORN_WS,
-            "ws_per_message_deflate": False,
-        }
+        # As every worker runs (app/worker.py), quieter, and without keepalive pings unless
+        # a test asks for them.
+        options = worker_options(settings) | {"log_level": "warning", "ws_ping_interval": None}
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=0, lifespan="on", **(options | uvicorn_options)
         )

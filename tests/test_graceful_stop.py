@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from app.cli.cluster import ROOT, Cluster, free_port
 from app.migrations import upgrade_to_head
 from app.pubsub.channels import channel_for
-from app.transport.wsprotocol import UVICORN_WS
+from app.worker import WS_PROTOCOL
 from tests.cluster_support import running_cluster
 from tests.support import TIMEOUT, Endpoint, barrier, sqlite_server, subscribe, unique
 
@@ -51,7 +51,7 @@ def start_worker(
         )  # fmt: skip
 
 
-@pytest.mark.parametrize("ws", ["auto", UVICORN_WS])
+@pytest.mark.parametrize("ws", ["auto", WS_PROTOCOL])
 async def test_single_worker_closes_sockets_with_1001(tmp_path: Path, ws: str) -> None:
     """The embedded default (SQLite, in-process broker) as `uvicorn app.main:app` runs it,
     with uvicorn's own WebSocket protocol (ASGI `send`) and with livepost's."""
@@ -76,7 +76,7 @@ async def test_single_worker_closes_sockets_with_1001(tmp_path: Path, ws: str) -
             process.wait()
 
 
-@pytest.mark.parametrize("ws", ["auto", UVICORN_WS])
+@pytest.mark.parametrize("ws", ["auto", WS_PROTOCOL])
 async def test_uvicorns_own_1012_close_is_logged_as_the_servers(tmp_path: Path, ws: str) -> None:
     """Ctrl-C skips the graceful stop: uvicorn closes every socket with 1012 itself, and the
     close line must say the server closed it, not the client."""

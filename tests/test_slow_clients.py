@@ -29,10 +29,10 @@ from app.cli.cluster import free_port
 from app.config import Settings
 from app.migrations import upgrade_to_head
 from app.protocol.outgoing import Outgoing
+from tests.container_support import container_command
 from tests.raw_websocket import RawWebSocket
 from tests.support import Endpoint, Server, User, WsClient, event, subscribe, subscribed, unique
 
-ROOT = Path(__file__).resolve().parents[1]
 SECRET = "slow-client-secret-" + "z" * 32
 QUEUE_SIZE = 256
 # One writer pipelines thousands of requests: the rate limits are tested elsewhere.
@@ -96,15 +96,16 @@ class Worker:
         return self.process.pid
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        # Started like the Dockerfile's CMD; the child keeps its own copy of the log file.
+        # The Dockerfile's CMD, as the container runs it; the child keeps its own copy of the
+        # log file.
         with open(self.log_path, "ab") as log:
             return subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "app.main:app",
-                 "--host", "127.0.0.1", "--port", str(self.port),
-                 "--log-level", "warning", "--no-access-log",
-                 "--timeout-graceful-shutdown", "6"],
-                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                container_command(),
+                env=self.env | {"HOST": "127.0.0.1", "PORT": str(self.port)},
+                cwd=self.tmp,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     async def start(self) -> None:
         await asyncio.to_thread(upgrade_to_head, self.database_url)
@@ -341,7 +342,7 @@ async def test_clients_that_never_read_are_closed_and_memory_stays_bounded(
 async def test_a_worker_with_a_client_that_never_reads_still_stops(tmp_path: Path) -> None:
     """SIGTERM ends the worker even while a client holds a socket it never reads.
 
-    The worker is started like the Dockerfile's CMD. uvicorn's shutdown closes each
+    The worker is started by the Dockerfile's CMD. uvicorn's shutdown closes each
     connection's transport, which waits for its write buffer to drain, and then waits for every
     connection to be gone, with no time limit unless --timeout-graceful-shutdown is given."""
     running = Worker(tmp_path, SHUTDOWN_GRACE_SECONDS="1")

@@ -14,7 +14,8 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from app.protocol.outgoing import Outgoing
-from app.transport.wsprotocol import UVICORN_WS, LiveSocketProtocol, text_frame
+from app.transport.wsprotocol import LiveSocketProtocol, text_frame
+from app.worker import WS_PROTOCOL
 from tests.raw_websocket import RawWebSocket
 from tests.support import Endpoint, event, ok, sqlite_server, subscribe, unique
 from tests.test_slow_clients import GENEROUS, body_for, publish, slow_client
@@ -74,7 +75,7 @@ def test_frames_go_straight_out_until_the_socket_refuses_then_queue_behind() -> 
     assert overflows == [None]  # the fourth queued frame
 
 
-@pytest.mark.parametrize("ws", [UVICORN_WS, "websockets-sansio"])
+@pytest.mark.parametrize("ws", [WS_PROTOCOL, "websockets-sansio"])
 async def test_replies_and_events_in_order_on_either_protocol(tmp_path: Path, ws: str) -> None:
     """The reply to a create comes before its event on the writer's own connection, and other
     subscribers get the event, whether frames go straight to the socket or through ASGI."""
@@ -87,8 +88,8 @@ async def test_replies_and_events_in_order_on_either_protocol(tmp_path: Path, ws
             await subscribe(writer, tag, "mine")
             await subscribe(reader, tag, "theirs")
             fast = [isinstance(socket, LiveSocketProtocol) for socket in server.sockets]
-            assert fast == [ws == UVICORN_WS] * 2
-            if ws == UVICORN_WS:  # uvicorn's attributes all went into slots: no dict
+            assert fast == [ws == WS_PROTOCOL] * 2
+            if ws == WS_PROTOCOL:  # uvicorn's attributes all went into slots: no dict
                 assert [vars(socket) for socket in server.sockets] == [{}, {}]
             for index in range(20):
                 body = f"#{tag} post {index}"

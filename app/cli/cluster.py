@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from app.config import Settings
-from app.transport.wsprotocol import UVICORN_WS
+from app.worker import uvicorn_command
 
 ROOT = Path(__file__).resolve().parents[2]
 _FIELDS = set(Settings.model_fields)
@@ -102,23 +102,20 @@ class Cluster:
         # The child keeps its own copy of the log descriptor; ours closes right away.
         with open(self.run_dir / f"worker-{index}.log", "ab") as log:
             self.workers[index] = subprocess.Popen(
-                [
-                    sys.executable, "-m", "uvicorn", "app.main:app",
-                    "--host", "127.0.0.1", "--port", str(self.worker_ports[index]),
-                    "--log-level", "warning", "--no-access-log",
-                    "--ws", UVICORN_WS, "--ws-per-message-deflate", "false",
-                    "--ws-max-size", str(self.settings.ws_max_frame_bytes + 1024),
-                    "--ws-ping-interval", str(self.settings.ws_ping_interval),
-                    "--ws-ping-timeout", str(self.settings.ws_ping_timeout),
-                    "--timeout-graceful-shutdown",
-                    str(int(self.settings.shutdown_grace_seconds) + 5),
-                ],
+                uvicorn_command(self.settings, host="127.0.0.1", port=self.worker_ports[index]),
                 env=self.env | self.worker_env.get(index, {}),
-                cwd=self.source, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+                cwd=self.source,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def wait_ready(self, url: str, deadline: float, path: str = "/readyz") -> None:
+        worker = self.workers[self.worker_urls.index(url)] if url in self.worker_urls else None
         while True:
+            if worker is not None and worker.poll() is not None:  # no use waiting any longer
+                raise RuntimeError(
+                    f"the worker at {url} exited ({worker.returncode}); logs in {self.run_dir}"
+                )
             try:
                 if httpx.get(url + path, timeout=1.0).status_code == 200:
                     return

@@ -1,4 +1,4 @@
-"""`livepost`: serve, migrate, and user and post commands through the same services."""
+"""`livepost`: serve, worker, migrate, and user and post commands through the same services."""
 
 from __future__ import annotations
 
@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--no-migrate", action="store_true", help="skip `alembic upgrade head`")
     serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser(
+        "worker", help="one worker, no migrations (the Dockerfile's CMD; migrate runs once)"
+    )
+    worker.add_argument("--host", help="default: HOST or 127.0.0.1")
+    worker.add_argument("--port", type=int, help="default: PORT or 8000")
+    worker.set_defaults(run=_worker)
 
     cluster = commands.add_parser(
         "cluster", help="N workers on loopback ports behind a local nginx (needs REDIS_URL)"
@@ -96,9 +103,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from app.transport.wsprotocol import UVICORN_WS
+    from app import worker
 
     if args.workers > 1 and not settings.redis_url:
         raise CommandError(
@@ -108,24 +113,20 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     settings.secret  # noqa: B018  (fail now, not in every worker, when no secret is set)
     if not args.no_migrate:
         _migrate(settings, args)
-    uvicorn.run(
-        "app.main:app",
+    worker.run(
+        settings,
         host=args.host or settings.host,
         port=args.port or settings.port,
         workers=args.workers,
-        log_level=settings.log_level,
-        # uvicorn buffers up to this much of one frame; the app closes with 1009 past its limit.
-        ws_max_size=settings.ws_max_frame_bytes + 1024,
-        # uvicorn's sans-I/O implementation, leaner, with event frames written straight to the
-        # socket; permessage-deflate would add a compressor (~48 kB) per socket and CPU per event.
-        ws=UVICORN_WS,
-        ws_per_message_deflate=False,
-        ws_ping_interval=settings.ws_ping_interval,
-        ws_ping_timeout=settings.ws_ping_timeout,
-        access_log=False,  # the app logs requests itself, without query strings (tokens)
-        # A client that never reads would otherwise hold uvicorn's shutdown forever.
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
+    return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from app import worker
+
+    settings.secret  # noqa: B018  (fail before uvicorn starts when no secret is set)
+    worker.run(settings, host=args.host or settings.host, port=args.port or settings.port)
     return 0
 
 

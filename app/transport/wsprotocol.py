@@ -13,7 +13,8 @@ It also keeps less per idle socket: a list and one future instead of an `asyncio
 deques and an Event's deque) and an `asyncio.Event` for flow control, and nothing of the
 handshake once it is accepted.
 
-Run it with `uvicorn --ws app.transport.wsprotocol:LiveSocketProtocol`.
+Run it with `uvicorn --ws app.transport.wsprotocol:LiveSocketProtocol`; app/worker.py chooses it
+for every livepost worker.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import Any
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 EXTENSION = "livepost.socket"
-UVICORN_WS = "app.transport.wsprotocol:LiveSocketProtocol"  # uvicorn's --ws
 
 
 class LiveSocketProtocol(WebSocketsSansIOProtocol):
