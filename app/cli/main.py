@@ -132,8 +132,10 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def _cluster(settings: Settings, args: argparse.Namespace) -> int:
     import signal
+    import time
 
     from app.cli.cluster import Cluster
+    from app.cli.supervise import Supervisor
 
     if not settings.redis_url:
         raise CommandError("a cluster needs REDIS_URL: workers share their events through Redis")
@@ -163,8 +165,11 @@ def _cluster(settings: Settings, args: argparse.Namespace) -> int:
             print(
                 f"nginx   {cluster.lb_url}  ws{cluster.lb_url[4:]}/ws   (logs: {cluster.run_dir})"
             )
+        sys.stdout.flush()  # up and running: say so now, also when the output is a file
+        supervisor = Supervisor(cluster)
         while not stop:
-            signal.pause()
+            supervisor.check()
+            time.sleep(0.2)  # how soon a dead worker is noticed
     finally:
         cluster.stop()
     return 0
