@@ -78,6 +78,11 @@ class RawWebSocket:
     async def send_json(self, message: Any) -> None:
         await self.send_text(json.dumps(message))
 
+    async def send_close(self, code: int) -> None:
+        """The client's half of the closing handshake."""
+        async with asyncio.timeout(TIMEOUT):
+            await self._loop.sock_sendall(self.sock, encode_frame(CLOSE, struct.pack("!H", code)))
+
     async def _read(self, size: int) -> bytes:
         while len(self._pending) < size:
             try:

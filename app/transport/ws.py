@@ -37,6 +37,9 @@ CLOSE_POLICY_VIOLATION = 1008  # before accept, uvicorn turns any close into HTT
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 WORKER_ID = str(os.getpid()).encode()
+# How long the ASGI path waits for a client that fell behind to read down to its 1013 close
+# frame (uvicorn's own closing handshake timeout).
+SLOW_CLIENT_CLOSE_WAIT = 10.0
 
 
 def _handshake_token(websocket: WebSocket) -> tuple[bool, str | None]:
@@ -260,11 +263,15 @@ class LiveConnection:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._writer
         if self.closed_by == "server" and self.close_code is not None:
+            # Under livepost's protocol the close frame goes out at once, behind what the socket
+            # holds; through ASGI it waits for the socket to drain, which a client that stopped
+            # reading may never let happen: don't wait on that for long.
+            wait = 1.0
             if self.close_code == CLOSE_TRY_AGAIN_LATER:
                 log.warning("closed a connection that stopped reading (outgoing queue full)")
-            # A client that stopped reading may never take the close frame: don't wait on it.
+                wait = SLOW_CLIENT_CLOSE_WAIT  # this client is behind: give it time to learn why
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(wait):
                     await self._send({"type": "websocket.close", "code": self.close_code})
 
     async def _finish(self, session: Session) -> None:

@@ -23,7 +23,9 @@ import asyncio
 import struct
 from typing import Any
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.exceptions import InvalidState
 
 EXTENSION = "livepost.socket"
 
@@ -55,6 +57,9 @@ class LiveSocketProtocol(WebSocketsSansIOProtocol):
             scope["extensions"][EXTENSION] = self
 
     async def send(self, message: Any) -> None:
+        if message["type"] == "websocket.close" and self._open():
+            self._close(message.get("code", 1000), message.get("reason") or "")
+            return
         await super().send(message)
         if message["type"] == "websocket.accept":
             # Nothing reads the handshake's request, response, headers or query string (which
@@ -65,6 +70,35 @@ class LiveSocketProtocol(WebSocketsSansIOProtocol):
             self.request = self.response = None  # type: ignore[assignment]
             self.scope["headers"] = []
             self.scope["query_string"] = b""
+
+    def _open(self) -> bool:
+        return (
+            self.handshake_complete
+            and not self.close_sent
+            and not self.disconnected
+            and self.initial_response is None
+            and not self.transport.is_closing()
+        )
+
+    def _close(self, code: int, reason: str) -> None:
+        """Start the closing handshake at once, also while the transport asks to pause.
+
+        uvicorn's own `send` first waits for the transport to drain, which a client that
+        stopped reading never lets happen, so it would never learn why it was closed (1013).
+        The close frame is small: it goes into the buffer behind the frames already there, and
+        the client reads it after them. The handshake then has `close_timeout` (uvicorn's
+        10 s) to complete; only after that is the connection aborted, its buffer dropped."""
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        try:
+            self.conn.send_close(code, reason)
+        except InvalidState:  # the client's close came first: nothing more to say
+            raise ClientDisconnected() from None
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.read_paused:  # the client's close frame must be read
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.abort)
 
     def offer(self, data: bytes) -> bool:
         """Write pre-encoded frames now, or return False while the transport asked to pause
