@@ -73,8 +73,6 @@ class Settings(BaseSettings):
     sse_keepalive_seconds: float = 15.0
     # Tests only: a worker dies between commit and publish of a post whose body holds this.
     fault_kill_before_publish: str = ""
-    # Where the CLI finds a running server (default: http://HOST:PORT).
-    server_url: str | None = None
     # Signs the /admin session cookie. Unset: derived from the JWT secret (a different key,
     # so neither signature can stand in for the other).
     admin_secret: str | None = None

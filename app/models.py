@@ -108,7 +108,8 @@ class PostChange(SQLModel, table=True):
     # Seconds since the epoch, by the database's clock.
     changed_at: float = Field(sa_column=Column(Float, nullable=False))
     published: bool = Field(default=False, sa_column=Column(Boolean, nullable=False))
-    # Written outside the service (no fast-path publish is coming): relay it at once.
+    # No fast-path publish is coming (plain SQL, or a CLI command whose in-process broker
+    # nobody hears): relay it at once.
     external: bool = Field(default=False, sa_column=Column(Boolean, nullable=False))
     # A relay that claimed the row; another may take it over after this moment.
     relay_after: float | None = Field(default=None, sa_column=Column(Float))

@@ -45,7 +45,11 @@ class Runtime:
     @classmethod
     async def start(cls, settings: Settings, *, run_relay: bool = False) -> Runtime:
         """Build and connect everything; nothing connects before this is called. Servers run
-        the relay; a CLI command that writes once needs none (the servers' relays cover it)."""
+        the relay; a CLI command that writes once needs none (the servers' relays cover it).
+
+        A write counts as published only when a broker its subscribers hear took it: Redis,
+        or the in-process broker of a server (its own subscribers). A CLI command's in-process
+        broker reaches nobody, so its writes go to the servers' relays through the log."""
         secret = settings.secret  # refuses to start without one outside the embedded default
         engine = make_engine(settings)
         broker = make_broker(settings)
@@ -78,6 +82,7 @@ class Runtime:
                 settings.channel_prefix,
                 on_published=relay.published,
                 kill_before_publish=settings.fault_kill_before_publish,
+                fast_path=run_relay or settings.redis_url is not None,
             ),
             accounts=AccountService(engine, secret, settings.token_lifetime_minutes * 60),
             throttles=AccountThrottles.from_settings(settings),

@@ -12,15 +12,23 @@ import pytest
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from app.changelog.watermark import read_watermark
 from app.cli.cluster import free_port
+from app.config import Settings
 from tests.admin_support import sign_in
+from tests.conftest import SECRET
 from tests.support import (
     CLI_TIMEOUT,
     PASSWORD,
     CliResult,
+    Endpoint,
+    Server,
     Stack,
     assert_post_is,
+    barrier,
     event,
+    query,
+    resume,
     run_cli,
     subscribe,
     unique,
@@ -28,6 +36,7 @@ from tests.support import (
 from tests.test_migrations import EXPECTED_SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
+# Nothing listens there: a CLI told this finds no server at its SERVER_URL.
 CLOSED_SERVER = "http://127.0.0.1:9"
 # Settings the CLI reads from the environment; each test states the ones it means.
 SETTINGS_VARIABLES = (
@@ -50,14 +59,13 @@ def cli_env(**variables: str | None) -> dict[str, str]:
     return env
 
 
-def stack_env(live: Stack, server_url: str | None = None) -> dict[str, str]:
+def stack_env(live: Stack) -> dict[str, str]:
     """The environment of a CLI that works on the stack's database (and broker)."""
     settings = live.settings
     assert settings.jwt_secret is not None
     return cli_env(
         DATABASE_URL=settings.database_url,
         JWT_SECRET=settings.jwt_secret,
-        SERVER_URL=server_url or live.base_url,
         REDIS_URL=settings.redis_url,
         CHANNEL_PREFIX=settings.channel_prefix,
     )
@@ -67,11 +75,10 @@ async def cli(
     live: Stack,
     tmp_path: Path,
     *args: str,
-    server_url: str | None = None,
     stdin: str | None = None,
     **variables: str,
 ) -> CliResult:
-    env = stack_env(live, server_url) | variables
+    env = stack_env(live) | variables
     return await run_cli(*args, env=env, cwd=tmp_path, stdin=stdin)
 
 
@@ -87,9 +94,7 @@ def headers(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def others_post_is_not_theirs(
-    live: Stack, tmp_path: Path, *, marker: str, server_url: str | None = None
-) -> None:
+async def others_post_is_not_theirs(live: Stack, tmp_path: Path, *, marker: str) -> None:
     """Mallory's CLI edit and delete of Alice's post both say Not found; the post stays."""
     alice, mallory = await live.user(), await live.user()
     async with live.http() as client:
@@ -110,7 +115,6 @@ async def others_post_is_not_theirs(
             pk,
             "--body",
             "x",
-            server_url=server_url,
         )
         delete = await cli(
             live,
@@ -121,7 +125,6 @@ async def others_post_is_not_theirs(
             mallory.username,
             "--pk",
             pk,
-            server_url=server_url,
         )
         fetched = await client.get(f"/posts/{pk}")
     assert edit == CliResult(1, "", "livepost: Not found\n")
@@ -298,15 +301,10 @@ async def test_post_edit_invalid_body_fails(live: Stack, tmp_path: Path) -> None
         await cli(live, tmp_path, "post", "create", "--user", user.username, "--body", unique("v"))
     ).json()
     pk = str(created["pk"])
-    # Handed to the running server, or written directly: the same words either way.
-    for server_url in (None, CLOSED_SERVER):
-        blank = await cli(
-            live,
-            tmp_path,
-            *("post", "edit", "--user", user.username, "--pk", pk, "--body", "   "),
-            server_url=server_url,
-        )
-        assert blank == CliResult(1, "", "livepost: body: This field may not be blank.\n")
+    blank = await cli(
+        live, tmp_path, *("post", "edit", "--user", user.username, "--pk", pk, "--body", "   ")
+    )
+    assert blank == CliResult(1, "", "livepost: body: This field may not be blank.\n")
     async with live.http() as client:
         assert (await client.get(f"/posts/{pk}")).json() == created
 
@@ -343,46 +341,107 @@ async def test_post_list(live: Stack, tmp_path: Path) -> None:
     assert over_rest.json() == listed
 
 
-async def test_write_without_a_server_goes_to_the_database(live: Stack, tmp_path: Path) -> None:
-    user = await live.user()
-    text = unique("direct")
-    result = await cli(
-        live,
-        tmp_path,
-        "post",
-        "create",
-        "--user",
-        user.username,
-        "--body",
-        text,
-        server_url=CLOSED_SERVER,
+# --- writes reach subscribers through the change log ---------------------------------------
+
+
+async def log_rows(database_url: str, pk: int) -> list[Any]:
+    """The post's change records, oldest first."""
+    return await query(
+        database_url,
+        "SELECT id, published, external FROM post_changes WHERE post_id = :pk ORDER BY id",
+        pk=pk,
     )
-    post = result.json()
-    assert_post_is(post, author=user.id, body=text, version=1)
-    edited = (
-        await cli(
-            live,
-            tmp_path,
-            "post",
-            "edit",
-            "--user",
-            user.username,
-            "--pk",
-            str(post["pk"]),
-            "--body",
-            text + " edited",
-            server_url=CLOSED_SERVER,
-        )
-    ).json()
-    assert edited == {**post, "body": text + " edited", "version": 2}
-    async with live.http() as client:
-        fetched = await client.get(f"/posts/{post['pk']}")
-    assert (fetched.status_code, fetched.json()) == (200, edited)
 
 
-async def test_direct_write_to_missing_post_says_not_found(live: Stack, tmp_path: Path) -> None:
-    """Without a server to hand the write to, a refused write reads as it does over REST."""
-    await others_post_is_not_theirs(live, tmp_path, marker="mine", server_url=CLOSED_SERVER)
+async def until_published(database_url: str, pk: int, timeout: float) -> None:  # noqa: ASYNC109
+    """Wait (polling the log) until every change of the post is marked published."""
+    async with asyncio.timeout(timeout):
+        while True:
+            # The relay is in another process (or the server's task): only the log tells.
+            if all(row.published for row in await log_rows(database_url, pk)):
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_writes_reach_a_server_the_cli_does_not_address(live: Stack, tmp_path: Path) -> None:
+    """SERVER_URL and PORT name no server; the server on the CLI's database still sends each
+    write's event within its relay's interval plus its grace. With the in-process broker the
+    CLI leaves the change in the log for that relay (nobody hears its own broker); with Redis
+    it publishes like any worker. Either way, the watermark passes a change only after its
+    event went out."""
+    user = await live.user()
+    tag = unique("elsewhere")
+    watcher = await live.connect(await live.user())
+    await subscribe(watcher, tag, "w")
+    within = live.settings.relay_interval_seconds + live.settings.relay_grace_seconds
+    elsewhere = {"SERVER_URL": CLOSED_SERVER, "PORT": str(free_port())}
+
+    async def write(*args: str) -> CliResult:
+        return await cli(live, tmp_path, "post", *args, "--user", user.username, **elsewhere)
+
+    post = (await write("create", "--body", f"#{tag}")).json()
+    pk = post["pk"]
+    created = await watcher.recv(timeout=within)
+    edited = (await write("edit", "--pk", str(pk), "--body", f"#{tag} again")).json()
+    updated = await watcher.recv(timeout=within)
+    assert await write("delete", "--pk", str(pk)) == CliResult(0, "", "")
+    deleted = await watcher.recv(timeout=within)
+
+    assert_post_is(edited, author=user.id, body=f"#{tag} again", version=2)
+    assert created == event("create", pk, post, "w")
+    assert updated == event("update", pk, edited, "w")
+    assert deleted == event("delete", pk, {"pk": pk}, "w")
+    rows = await log_rows(live.settings.database_url, pk)
+    assert [row.id for row in rows] == [frame["offset"] for frame in (created, updated, deleted)]
+    for frame in (created, updated, deleted):
+        # The watermark had not passed the change when its event was sent: a client resuming
+        # from any `safe` it held before would have got the change again.
+        assert frame["safe"] < frame["offset"], frame
+    # Flagged for the relays (published at their next round, not after the grace), unless
+    # the CLI could publish itself.
+    assert [bool(row.external) for row in rows] == [live.settings.redis_url is None] * 3
+    await until_published(live.settings.database_url, pk, within)
+
+
+async def test_a_write_made_while_no_server_runs_goes_out_when_one_starts(
+    tmp_path: Path,
+) -> None:
+    """With no server running the CLI's change stays unpublished, and the watermark below it,
+    until a server's relay publishes it; a client resuming from before it gets it once."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'later.db'}"
+    env = cli_env(DATABASE_URL=url, JWT_SECRET=SECRET)
+    assert (await run_cli("migrate", env=env, cwd=tmp_path)).returncode == 0
+    username, tag = unique("early"), unique("early")
+    created = await run_cli(
+        "user", "create", username, "--password", PASSWORD, env=env, cwd=tmp_path
+    )
+    assert created.returncode == 0, created
+    written = await run_cli(
+        "post", "create", "--user", username, "--body", f"#{tag}", env=env, cwd=tmp_path
+    )
+    post = written.json()
+    [row] = await log_rows(url, post["pk"])
+    assert (bool(row.published), bool(row.external)) == (False, True)
+    engine = create_async_engine(url)
+    try:
+        assert await read_watermark(engine) == row.id - 1
+    finally:
+        await engine.dispose()
+
+    settings = Settings(database_url=url, jwt_secret=SECRET)
+    server = Server(settings)
+    await server.start()
+    endpoint = Endpoint(f"http://127.0.0.1:{server.port}")
+    try:
+        await until_published(url, post["pk"], settings.relay_interval_seconds + 5)
+        reader_user = await endpoint.user()
+        reader = await endpoint.connect(reader_user)
+        assert (await resume(reader, tag, row.id - 1, "r"))["recovered"] is True
+        assert await reader.recv() == event("create", post["pk"], post, "r", offset=row.id)
+        await barrier(endpoint, reader_user, reader)  # and only once
+    finally:
+        await endpoint.close_clients()
+        await server.stop()
 
 
 # --- serve and migrate -------------------------------------------------------------------

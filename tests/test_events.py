@@ -646,8 +646,7 @@ async def cli(live: Stack, *args: str) -> str:
         **os.environ,
         "DATABASE_URL": live.settings.database_url,
         "JWT_SECRET": live.settings.jwt_secret or "",
-        "SERVER_URL": live.base_url,
-        # With Redis the CLI publishes itself; without, it forwards to SERVER_URL.
+        # With Redis the CLI publishes itself; without, the server's relay publishes its writes.
         "REDIS_URL": live.settings.redis_url or "",
         "CHANNEL_PREFIX": live.settings.channel_prefix,
     }

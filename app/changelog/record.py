@@ -48,6 +48,18 @@ async def tag_latest_change(conn: AsyncConnection, tags: frozenset[str]) -> int:
     return int(offset)
 
 
+# SQLite's triggers cannot tell who writes; the writer says so in the same transaction.
+_FLAG_LATEST_EXTERNAL = text(
+    "UPDATE post_changes SET external = 1 WHERE id = (SELECT max(id) FROM post_changes)"
+)
+
+
+async def flag_latest_external(conn: AsyncConnection) -> None:
+    """Flag the change just logged in this transaction (SQLite) as one no fast path will
+    publish: the relay publishes it at its next round instead of after its grace."""
+    await conn.execute(_FLAG_LATEST_EXTERNAL)
+
+
 def change_from_row(row: Any) -> Change:
     """A logged change as the broker carries it, hashtags derived from the bodies."""
     old = extract_hashtags(row.old_body) if row.old_body is not None else frozenset()

@@ -2,11 +2,11 @@
 
 The service publishes each change right after its commit and tells the relay, which marks
 those rows published in batches. Whatever stays unpublished past a grace period (the worker
-died between commit and publish, the broker was down) or was written outside the service
-(plain SQL: no fast path is coming) is published here, in offset order. Every worker runs a
-relay; on PostgreSQL they share the work through FOR UPDATE SKIP LOCKED and a claim that
-expires, so a relay that dies mid-batch is taken over. A change may be published twice; the
-hubs drop the second copy by its version.
+died between commit and publish, the broker was down) or has no fast path coming (plain SQL,
+or a CLI command without Redis: flagged `external`) is published here, in offset order.
+Every worker runs a relay; on PostgreSQL they share the work through FOR UPDATE SKIP LOCKED
+and a claim that expires, so a relay that dies mid-batch is taken over. A change may be
+published twice; the hubs drop the second copy by its version.
 """
 
 from __future__ import annotations

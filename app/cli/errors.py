@@ -10,12 +10,11 @@ class CommandError(Exception):
     """Printed as `livepost: <message>` (exit 1), without a traceback."""
 
 
-def invalid_fields(errors: Iterable[Mapping[str, Any]], *, located: bool = False) -> str:
-    """`field: what is wrong; …` from pydantic's error list or FastAPI's 422 `detail`
-    (`located`: each `loc` starts with where the field was, `body` or `query`)."""
+def invalid_fields(errors: Iterable[Mapping[str, Any]]) -> str:
+    """`field: what is wrong; …` from pydantic's error list."""
     parts = []
     for error in errors:
-        loc = [str(part) for part in error.get("loc", ())][1 if located else 0 :]
+        loc = [str(part) for part in error.get("loc", ())]
         what = _in_words(str(error.get("type", "")), error.get("ctx") or {}, error.get("msg"))
         parts.append(f"{'.'.join(loc)}: {what}" if loc else what)
     return "; ".join(parts) or "invalid input"

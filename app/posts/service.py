@@ -50,7 +50,11 @@ class PostService:
         *,
         on_published: Callable[[int], None] = lambda _offset: None,
         kill_before_publish: str = "",
+        fast_path: bool = True,
     ) -> None:
+        """fast_path=False: nobody hears this broker (the in-process one of a CLI command), so
+        publishing on it would publish nothing. The writes are left in the change log, flagged
+        for the relays of the running servers, and never reported published from here."""
         self._engine = engine
         self._broker = broker
         self._prefix = channel_prefix
@@ -58,8 +62,9 @@ class PostService:
         self._on_published = on_published
         # Fault injection for tests: die between commit and publish on a body holding this.
         self._kill_marker = kill_before_publish
+        self._fast_path = fast_path
         self._sqlite = engine.dialect.name == "sqlite"
-        self._statements = WriteStatements(engine.dialect.name)
+        self._statements = WriteStatements(engine.dialect.name, external=not fast_path)
         self._writes: set[asyncio.Task[Any]] = set()
 
     async def _shielded(self, write: Coroutine[Any, Any, T]) -> T:
@@ -196,6 +201,8 @@ class PostService:
         """After commit: one message per hashtag in old | new, whatever the subscriber count.
         This is the fast path; should it not happen (the process dies, the broker is down),
         the relay publishes the logged change instead."""
+        if not self._fast_path:
+            return  # a server's relay publishes it; only then does it count as published
         if not old and not new:
             self._on_published(offset)  # nothing to send, and nothing to wait for either
             return

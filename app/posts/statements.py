@@ -7,6 +7,11 @@ trip more than a plain one, and nothing runs between the write, which takes the 
 lock, and the commit that releases it (alembic/versions/0002_change_log.py).
 SQLite (one writer at a time, in-process): the statements, then the change filed under its
 hashtags by the service (app/changelog/record.py).
+
+`external`: no fast path will publish these writes (a CLI process whose in-process broker
+nobody hears), so they are logged as a write from outside the service is: the relay publishes
+them at its next round, without waiting out its grace. On PostgreSQL that is a write that
+announces no hashtags (the trigger then flags it and sends NOTIFY, so the relays wake at once).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from sqlalchemy import Row, insert, text, update
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.changelog.record import tag_latest_change
+from app.changelog.record import flag_latest_external, tag_latest_change
 from app.models import Post
 
 posts = Post.__table__  # type: ignore[attr-defined]
@@ -47,19 +52,25 @@ _PG_DELETE = text(
 Written = tuple[Row[Any], int]  # the row as returned, the change's offset
 
 
-def _announce(tags: frozenset[str]) -> str:
-    return "tags:" + " ".join(sorted(tags))
-
-
 class WriteStatements:
-    def __init__(self, dialect: str) -> None:
+    def __init__(self, dialect: str, *, external: bool = False) -> None:
         self._postgresql = dialect == "postgresql"
+        self._external = external
+
+    def _announce(self, tags: frozenset[str]) -> str:
+        # Anything but "tags:..." reads as a write from outside the service to the trigger.
+        return "" if self._external else "tags:" + " ".join(sorted(tags))
 
     async def insert(
         self, engine: AsyncEngine, author_id: int, body: str, now: datetime, tags: frozenset[str]
     ) -> Written:
         if self._postgresql:
-            values = {"author_id": author_id, "body": body, "now": now, "announce": _announce(tags)}
+            values = {
+                "author_id": author_id,
+                "body": body,
+                "now": now,
+                "announce": self._announce(tags),
+            }
             # One statement, its own transaction: the server commits it at once, so the change
             # log's lock is not held across a round trip to the client for COMMIT.
             async with engine.connect() as conn:
@@ -89,7 +100,7 @@ class WriteStatements:
                 "body": body,
                 "version": version,
                 "now": now,
-                "announce": _announce(tags),
+                "announce": self._announce(tags),
             }
             return self._written(await conn.execute(_PG_UPDATE, values))
         statement = (
@@ -103,7 +114,7 @@ class WriteStatements:
 
     async def delete(self, conn: AsyncConnection, pk: int, tags: frozenset[str]) -> int:
         if self._postgresql:
-            result = await conn.execute(_PG_DELETE, {"pk": pk, "announce": _announce(tags)})
+            result = await conn.execute(_PG_DELETE, {"pk": pk, "announce": self._announce(tags)})
             return int(result.one().change_offset)
         await conn.execute(sql_delete(posts).where(posts.c.id == pk))
         return await self._file(conn, tags)
@@ -113,6 +124,7 @@ class WriteStatements:
         row = result.one()
         return row, int(row.change_offset)
 
-    @staticmethod
-    async def _file(conn: AsyncConnection, tags: frozenset[str]) -> int:
+    async def _file(self, conn: AsyncConnection, tags: frozenset[str]) -> int:
+        if self._external:
+            await flag_latest_external(conn)
         return await tag_latest_change(conn, tags) if tags else 0
