@@ -78,6 +78,17 @@ async def log_rows(deployment: Stack | Runtime, pk: int) -> list[Any]:
 # ---- offsets -------------------------------------------------------------------------------
 
 
+async def test_the_watermark_passes_every_write_its_fast_path_published(live: Stack) -> None:
+    """Written and published (a post without hashtags has nothing to publish), so the next
+    round of the watermark passes it: no write waits for the relay's grace."""
+    user = await live.user()
+    client = await live.connect(user)
+    tagless = await create(client, "a lone # is no hashtag")  # so the trigger cannot tell
+    tagged = await create(client, f"#{unique('mark')} tagged")
+    written = [row.id for post in (tagless, tagged) for row in await log_rows(live, post["pk"])]
+    assert await live.server.runtime.watermark.publish_once() >= max(written)
+
+
 async def test_events_carry_growing_offsets_past_the_subscribe_reply(live: Stack) -> None:
     user = await live.user()
     client = await live.connect(user)

@@ -48,6 +48,18 @@ async def tag_latest_change(conn: AsyncConnection, tags: frozenset[str]) -> int:
     return int(offset)
 
 
+_LATEST = text("SELECT max(id) FROM post_changes")
+
+
+async def latest_change(conn: AsyncConnection) -> int:
+    """The offset of the change just logged in this transaction (one with no hashtag: nothing
+    to file it under, but the fast path still marks it, or the watermark would wait for it)."""
+    offset = (await conn.execute(_LATEST)).scalar()
+    if offset is None:  # the triggers of migration 0002 are missing
+        raise RuntimeError("no change was logged for this write")
+    return int(offset)
+
+
 # SQLite's triggers cannot tell who writes; the writer says so in the same transaction.
 _FLAG_LATEST_EXTERNAL = text(
     "UPDATE post_changes SET external = 1 WHERE id = (SELECT max(id) FROM post_changes)"

@@ -23,7 +23,7 @@ from sqlalchemy import Row, insert, text, update
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.changelog.record import flag_latest_external, tag_latest_change
+from app.changelog.record import flag_latest_external, latest_change, tag_latest_change
 from app.models import Post
 
 posts = Post.__table__  # type: ignore[attr-defined]
@@ -127,4 +127,4 @@ class WriteStatements:
     async def _file(self, conn: AsyncConnection, tags: frozenset[str]) -> int:
         if self._external:
             await flag_latest_external(conn)
-        return await tag_latest_change(conn, tags) if tags else 0
+        return await (tag_latest_change(conn, tags) if tags else latest_change(conn))
