@@ -161,6 +161,9 @@ async def stack(
         redis_url=redis_url,
         jwt_secret=SECRET,
         channel_prefix=unique("lpt"),
+        # A CLI write without Redis reaches subscribers through the relay's next round: a
+        # short round keeps those tests from waiting out the default second each.
+        relay_interval_seconds=0.2,
         # The protocol suites pipeline hundreds of requests from one address and user; the
         # limits themselves are tested on servers of their own.
         **GENEROUS_LIMITS,
