@@ -31,11 +31,12 @@ log = logging.getLogger(__name__)
 async def read_watermark(engine: AsyncEngine) -> int:
     """The watermark as the log has it now."""
     async with engine.connect() as conn:
-        lowest = (await conn.execute(select(func.min(changes.c.id)).where(UNPUBLISHED))).scalar()
-        if lowest is not None:
-            return int(lowest) - 1
+        # The end first: every change up to it has committed, so the second read sees each
+        # of them that is still unpublished (read the other way round, a change committed in
+        # between would count as published).
         end, _pruned = await ChangeLog.end(conn)
-        return end
+        lowest = (await conn.execute(select(func.min(changes.c.id)).where(UNPUBLISHED))).scalar()
+        return end if lowest is None else min(end, int(lowest) - 1)
 
 
 # Rounds between publishes of an unchanged watermark, so a hub that missed one (its broker
