@@ -28,7 +28,7 @@ from tests.browser_support import (
 from tests.cluster_support import running_cluster
 from tests.conftest import GENEROUS_LIMITS
 from tests.support import Endpoint, Server, sqlite_server, unique
-from tests.test_database_outage import TcpProxy
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -160,12 +160,11 @@ class Hub:
     def received_after(self, subscription: Subscription) -> dict[str, int]:
         """The subscription's tags, each with the offset after which it got every change of
         the tag: its resume point, or for a plain subscribe its floor."""
-        origins = subscription.origins or {}
-        return {
-            tag: min(floor, origins.get(tag, floor))
-            for tag in subscription.tags
-            for floor in (self._index[tag][subscription],)
-        }
+        received = {tag: self._index[tag][subscription] for tag in subscription.tags}
+        for tag, origin in (subscription.origins or {}).items():
+            if tag in received:
+                received[tag] = min(received[tag], origin)
+        return received
 
     def floor(self) -> int:
         """Where a catch-up must start so no local subscription misses a change: everything
